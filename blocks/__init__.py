@@ -1,0 +1,12 @@
+"""The model zoo: spatial and channel mixers, the MetaFormer backbone and named presets.
+
+Importable without `ablate`: `blocks.create("tiny", spatial="attention")`.
+"""
+from .backbone import MetaFormer, MetaFormerConfig
+from .channel import CHANNEL
+from .errors import ConfigError
+from .presets import PRESETS, create, preset_config
+from .spatial import SPATIAL
+
+__all__ = ["CHANNEL", "SPATIAL", "PRESETS", "ConfigError", "MetaFormer", "MetaFormerConfig", "create",
+           "preset_config"]

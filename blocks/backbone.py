@@ -1,0 +1,310 @@
+"""The one backbone: stem -> stages of MetaFormer blocks -> head.
+
+Every block sees a channels-last token grid (B, H, W, C) and does
+
+    x = res_scale1 * x + drop_path(layer_scale1 * spatial(norm1(x)))
+    x = res_scale2 * x + drop_path(layer_scale2 * channel(norm2(x)))
+
+One stage of N blocks after a patch stem is the isotropic shape (ViT, Mixer); four
+stages with downsampling between them is the hierarchical shape (PoolFormer, ConvFormer,
+CAFormer). Everything that differs between those families is a field of MetaFormerConfig,
+so swapping the spatial mixer changes exactly one thing.
+"""
+import inspect
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import torch
+from timm.layers import DropPath, trunc_normal_
+from torch import nn
+
+from .channel import CHANNEL
+from .errors import ConfigError
+from .layers import make_act, make_norm
+from .pos_embed import sincos_2d
+from .spatial import SPATIAL
+
+
+@dataclass(frozen=True)
+class MetaFormerConfig:
+    img_size: int = 28                   # input height = width in pixels
+    in_chans: int = 1                    # input channels (1 for Fashion-MNIST, 3 for RGB)
+    num_classes: int = 10                # classifier outputs
+    depths: tuple[int, ...] = (6,)       # blocks per stage: one entry = isotropic, several = hierarchical
+    dims: tuple[int, ...] = (64,)        # channels per stage
+    spatial: str | tuple[str, ...] = "mlp"   # spatial mixer name (blocks.SPATIAL), or one per stage
+    channel: str | tuple[str, ...] = "mlp"   # channel mixer name (blocks.CHANNEL), or one per stage
+    spatial_options: dict = field(default_factory=dict)  # {mixer name: options}; used only where that mixer is
+    channel_options: dict = field(default_factory=dict)  # {mixer name: options}; same for channel mixers
+    stem: str = "patch"                  # patch: k = s = patch_size conv; overlap: k7 s4 p2 (MetaFormer); conv: 3x3 s2 convs
+    patch_size: int = 4                  # total stride of the stem
+    stem_norm: str | None = None         # norm after the stem conv (MetaFormer v2), None = none
+    downsample_norm: str | None = None   # norm before each between-stage downsampling conv, None = none
+    norm: str = "layer"                  # block norm: layer | layer-nobias | batch | group1 | group1-nobias
+    norm_eps: float = 1e-6               # eps of every norm
+    pos_embed: str = "none"              # none | learned | sincos (added after the stem, isotropic models only)
+    head: str = "avg"                    # avg: mean over the grid | token: a class token mixed with the grid, read out (ViT)
+    head_norm: str = "post"              # pre: norm tokens then pool (ViT, Mixer) | post: pool then norm (MetaFormer)
+    head_norm_name: str | None = None    # norm type of the head norm, None = same as `norm`
+    head_hidden_ratio: float = 0.0       # 0: linear classifier; > 0: MLP head with this ratio (MetaFormer v2)
+    layer_scale: float | tuple | None = None  # init value of per-channel scale on each branch, None = off; or per stage
+    res_scale: float | tuple | None = None    # init value of per-channel scale on the residual (MetaFormer v2)
+    drop_path: float = 0.0               # stochastic depth, rising linearly to this over all blocks
+    drop: float = 0.0                    # dropout before the classifier
+
+    def per_stage(self, value):
+        return tuple(value) if isinstance(value, (tuple, list)) else (value,) * len(self.depths)
+
+
+def build_mixer(registry: dict, kind: str, name: str, dim: int, options: dict, **positional) -> nn.Module:
+    """Builds one mixer by name with only its own options; unknown names and options are ConfigErrors."""
+    if name not in registry:
+        raise ConfigError(f"unknown {kind} mixer {name!r}; valid: {', '.join(registry)}")
+    cls = registry[name]
+    signature = inspect.signature(cls).parameters
+    if "prefix_tokens" in positional and "prefix_tokens" not in signature:
+        raise ConfigError(f"{kind} mixer {name!r} mixes a grid and cannot reach a class token; "
+                          f"build the model with head='avg'")
+    accepted = [p for p in signature if p not in ("dim", "prefix_tokens", *positional)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"{kind} mixer {name!r} has no option {', '.join(map(repr, unknown))}; "
+                          f"its options: {', '.join(accepted) or 'none'}")
+    return cls(dim, **positional, **options)
+
+
+class Scale(nn.Module):
+    """Learnable per-channel scale (layer scale / residual scale)."""
+
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.scale = nn.Parameter(init_value * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def optional(module_or_none):
+    return module_or_none if module_or_none is not None else nn.Identity()
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, spatial: nn.Module, channel: nn.Module, cfg: MetaFormerConfig,
+                 drop_path: float, layer_scale: float | None, res_scale: float | None):
+        super().__init__()
+        self.norm1 = make_norm(cfg.norm, dim, cfg.norm_eps)
+        self.spatial = spatial
+        self.layer_scale1 = optional(layer_scale and Scale(dim, layer_scale))
+        self.res_scale1 = optional(res_scale and Scale(dim, res_scale))
+        self.norm2 = make_norm(cfg.norm, dim, cfg.norm_eps)
+        self.channel = channel
+        self.layer_scale2 = optional(layer_scale and Scale(dim, layer_scale))
+        self.res_scale2 = optional(res_scale and Scale(dim, res_scale))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        x = self.res_scale1(x) + self.drop_path(self.layer_scale1(self.spatial(self.norm1(x))))
+        x = self.res_scale2(x) + self.drop_path(self.layer_scale2(self.channel(self.norm2(x))))
+        return x
+
+    def forward_with_prefix(self, x: torch.Tensor, prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same math on the sequence [prefix tokens; grid tokens]: (B, H, W, C), (B, T, C) -> same."""
+        B, H, W, C = x.shape
+        T = prefix.shape[1]
+        seq = torch.cat([prefix, x.reshape(B, H * W, C)], dim=1)  # (B, T + HW, C)
+        normed = self.norm1(seq)
+        grid, prefix = self.spatial(normed[:, T:].reshape(B, H, W, C), prefix=normed[:, :T])
+        mixed = torch.cat([prefix, grid.reshape(B, H * W, C)], dim=1)
+        seq = self.res_scale1(seq) + self.drop_path(self.layer_scale1(mixed))
+        seq = self.res_scale2(seq) + self.drop_path(self.layer_scale2(self.channel(self.norm2(seq))))
+        return seq[:, T:].reshape(B, H, W, C), seq[:, :T]
+
+
+class Stem(nn.Module):
+    """Image (B, C_in, H, W) -> token grid (B, H / patch, W / patch, dim)."""
+
+    def __init__(self, cfg: MetaFormerConfig, dim: int):
+        super().__init__()
+        p = cfg.patch_size
+        if cfg.stem == "patch":
+            self.conv = nn.Conv2d(cfg.in_chans, dim, p, stride=p)
+        elif cfg.stem == "overlap":
+            if p != 4:
+                raise ConfigError(f"the overlapping stem has stride 4, not patch_size {p}")
+            self.conv = nn.Conv2d(cfg.in_chans, dim, 7, stride=4, padding=2)
+        elif cfg.stem == "conv":
+            n = p.bit_length() - 1
+            if 2 ** n != p or n < 1:
+                raise ConfigError(f"the conv stem halves the size per conv, so patch_size must be a power of 2, not {p}")
+            widths = [cfg.in_chans] + [dim // 2 ** (n - 1 - i) for i in range(n)]
+            layers = []
+            for i in range(n):
+                layers += [nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
+                if i < n - 1:
+                    layers += [nn.BatchNorm2d(widths[i + 1]), nn.GELU()]
+            self.conv = nn.Sequential(*layers)
+        else:
+            raise ConfigError(f"unknown stem {cfg.stem!r}; valid: patch, overlap, conv")
+        self.norm = optional(cfg.stem_norm and make_norm(cfg.stem_norm, dim, cfg.norm_eps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class Downsample(nn.Module):
+    """(B, H, W, C_in) -> (B, H/2, W/2, C_out): optional norm, then a 3x3 stride-2 conv (MetaFormer)."""
+
+    def __init__(self, cfg: MetaFormerConfig, in_dim: int, out_dim: int):
+        super().__init__()
+        self.norm = optional(cfg.downsample_norm and make_norm(cfg.downsample_norm, in_dim, cfg.norm_eps))
+        self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class MlpHead(nn.Module):
+    """MetaFormer v2's classifier: fc -> SquaredReLU -> norm -> fc."""
+
+    def __init__(self, dim: int, num_classes: int, ratio: float, norm: str, eps: float, drop: float):
+        super().__init__()
+        hidden = int(ratio * dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = make_act("squaredrelu")
+        self.norm = make_norm(norm, hidden, eps)
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
+
+
+def grid_sizes(cfg: MetaFormerConfig) -> list[tuple[int, int]]:
+    """Token grid of each stage; a size the stem or a downsampling does not divide is a ConfigError."""
+    if cfg.img_size % cfg.patch_size:
+        raise ConfigError(f"image size {cfg.img_size} is not divisible by the patch size {cfg.patch_size}")
+    side = cfg.img_size // cfg.patch_size
+    grids = [(side, side)]
+    for _ in cfg.depths[1:]:
+        side = (side + 1) // 2  # 3x3 stride-2 conv with padding 1
+        grids.append((side, side))
+    return grids
+
+
+class MetaFormer(nn.Module):
+    def __init__(self, cfg: MetaFormerConfig | None = None, **overrides):
+        super().__init__()
+        cfg = replace(cfg or MetaFormerConfig(), **overrides)
+        validate(cfg)
+        self.cfg = cfg
+        grids = grid_sizes(cfg)
+        spatial, channel = cfg.per_stage(cfg.spatial), cfg.per_stage(cfg.channel)
+        layer_scales, res_scales = cfg.per_stage(cfg.layer_scale), cfg.per_stage(cfg.res_scale)
+        rates = torch.linspace(0, cfg.drop_path, sum(cfg.depths)).tolist()
+
+        self.stem = Stem(cfg, cfg.dims[0])
+        self.pos_embed = self.prefix_pos_embed = self.cls_token = None
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(trunc_normal_(torch.zeros(1, *grids[0], cfg.dims[0]), std=0.02))
+        elif cfg.pos_embed == "sincos":
+            self.register_buffer("pos_embed", sincos_2d(grids[0], cfg.dims[0]), persistent=False)
+        prefix_tokens = 1 if cfg.head == "token" else 0
+        if prefix_tokens:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dims[0]))
+            nn.init.normal_(self.cls_token, std=1e-6)
+            if cfg.pos_embed == "learned":  # ViT gives the class token a position of its own
+                self.prefix_pos_embed = nn.Parameter(trunc_normal_(torch.zeros(1, 1, cfg.dims[0]), std=0.02))
+
+        self.stages = nn.ModuleList()
+        for i, (depth, dim, grid) in enumerate(zip(cfg.depths, cfg.dims, grids)):
+            blocks = [] if i == 0 else [Downsample(cfg, cfg.dims[i - 1], dim)]
+            for _ in range(depth):
+                blocks.append(Block(
+                    dim,
+                    build_mixer(SPATIAL, "spatial", spatial[i], dim, cfg.spatial_options.get(spatial[i], {}),
+                                grid=grid, **({"prefix_tokens": prefix_tokens} if prefix_tokens else {})),
+                    build_mixer(CHANNEL, "channel", channel[i], dim, cfg.channel_options.get(channel[i], {})),
+                    cfg, rates.pop(0), layer_scales[i], res_scales[i]))
+            self.stages.append(nn.Sequential(*blocks))
+
+        width = cfg.dims[-1]
+        self.head_norm = make_norm(cfg.head_norm_name or cfg.norm, width, cfg.norm_eps)
+        self.head_drop = nn.Dropout(cfg.drop)
+        self.head = (MlpHead(width, cfg.num_classes, cfg.head_hidden_ratio, cfg.head_norm_name or cfg.norm,
+                             cfg.norm_eps, cfg.drop) if cfg.head_hidden_ratio else nn.Linear(width, cfg.num_classes))
+        self.apply(init_weights)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, C_in, H, W) -> token grid (B, h, w, C) and class tokens (B, 1, C) or None."""
+        x = self.stem(x)
+        self.check_grid(tuple(x.shape[1:3]))
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        if self.cls_token is None:
+            for stage in self.stages:
+                x = stage(x)
+            return x, None
+        prefix = self.cls_token.expand(x.shape[0], -1, -1)
+        if self.prefix_pos_embed is not None:
+            prefix = prefix + self.prefix_pos_embed
+        for block in self.stages[0]:  # a class token implies one stage (validated)
+            x, prefix = block.forward_with_prefix(x, prefix)
+        return x, prefix
+
+    def check_grid(self, grid: tuple[int, int]) -> None:
+        """Parts tied to the token grid (learned position embedding, token-mixing weights) cannot run on another."""
+        expected = grid_sizes(self.cfg)[0]
+        if grid == expected:
+            return
+        tied = [name for name in self.cfg.per_stage(self.cfg.spatial) if name in ("mlp", "random")]
+        tied += ["position embedding"] if self.pos_embed is not None else []
+        if tied:
+            raise ConfigError(f"this model was built for {self.cfg.img_size} px images ({expected[0]}x{expected[1]} "
+                              f"tokens) and cannot run on a {grid[0]}x{grid[1]} token grid: its "
+                              f"{', '.join(sorted(set(tied)))} weights are tied to the grid size; "
+                              f"build it with img_size set to the input size")
+
+    def forward_head(self, x: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:  # -> (B, num_classes)
+        if self.cfg.head_norm == "pre":
+            x, prefix = self.head_norm(x), prefix if prefix is None else self.head_norm(prefix)
+        x = x.mean(dim=(1, 2)) if prefix is None else prefix[:, 0]  # (B, C)
+        if self.cfg.head_norm == "post":
+            x = self.head_norm(x)
+        return self.head(self.head_drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(*self.forward_features(x))
+
+
+def init_weights(m: nn.Module) -> None:
+    if isinstance(m, (nn.Linear, nn.Conv2d)):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def validate(cfg: MetaFormerConfig) -> None:
+    n = len(cfg.depths)
+    if len(cfg.dims) != n:
+        raise ConfigError(f"depths has {n} stages but dims has {len(cfg.dims)}")
+    for name in ("spatial", "channel", "layer_scale", "res_scale"):
+        value = getattr(cfg, name)
+        if isinstance(value, (tuple, list)) and len(value) != n:
+            raise ConfigError(f"{name} lists {len(value)} entries for {n} stages")
+    for name, choices in (("pos_embed", ("none", "learned", "sincos")), ("head", ("avg", "token")),
+                          ("head_norm", ("pre", "post", "none"))):
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"unknown {name} {getattr(cfg, name)!r}; valid: {', '.join(choices)}")
+    if cfg.pos_embed != "none" and n > 1:
+        raise ConfigError("a positional embedding needs the isotropic shape (one stage)")
+    if cfg.head == "token" and (n > 1 or not cfg.norm.startswith("layer")):
+        raise ConfigError("a class token (head='token') needs one stage and a per-token norm (layer, layer-nobias)")
+    if cfg.img_size <= 0 or cfg.patch_size <= 0:
+        raise ConfigError("img_size and patch_size must be positive")
+
+
+def config_dict(cfg: MetaFormerConfig) -> dict:
+    """JSON-ready form of a config (tuples become lists)."""
+    return asdict(cfg)
+
+
+CONFIG_FIELDS = tuple(f.name for f in fields(MetaFormerConfig))

@@ -1,0 +1,5 @@
+"""Channel mixers: `Mixer(dim, **own_options)`, per token, any leading shape (..., C) -> (..., C)."""
+from .glu import GLU
+from .mlp import MLP
+
+CHANNEL = {"mlp": MLP, "glu": GLU}

@@ -1,0 +1,37 @@
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all H*W tokens, with fused SDPA.
+
+    `num_heads` wins over `head_dim` when given (ViT: 6 heads at 384); otherwise
+    heads = dim // head_dim (MetaFormer/CAFormer: head_dim 32).
+    """
+
+    def __init__(self, dim: int, grid: tuple[int, int], prefix_tokens: int = 0, num_heads: int | None = None, head_dim: int = 32,
+                 qkv_bias: bool = True, proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads or max(dim // head_dim, 1)
+        if dim % self.num_heads:
+            raise ConfigError(f"attention: dim {dim} is not divisible by num_heads {self.num_heads}")
+        self.head_dim = dim // self.num_heads
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None):
+        """(B, H, W, C) -> (B, H, W, C); with class tokens (B, T, C) all T + HW tokens attend and both return."""
+        B, H, W, C = x.shape
+        tokens = x.reshape(B, H * W, C) if prefix is None else torch.cat([prefix, x.reshape(B, H * W, C)], dim=1)
+        N = tokens.shape[1]
+        qkv = self.qkv(tokens).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+        grid = out[:, N - H * W:].reshape(B, H, W, C)
+        return grid if prefix is None else (grid, out[:, :N - H * W])
