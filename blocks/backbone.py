@@ -178,6 +178,9 @@ class MlpHead(nn.Module):
         return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
 
 
+GRID_TIED = {"mlp": "token-mixing MLP", "random": "random mixing matrix"}
+
+
 def grid_sizes(cfg: MetaFormerConfig) -> list[tuple[int, int]]:
     """Token grid of each stage; a size the stem or a downsampling does not divide is a ConfigError."""
     if cfg.img_size % cfg.patch_size:
@@ -255,7 +258,7 @@ class MetaFormer(nn.Module):
         expected = grid_sizes(self.cfg)[0]
         if grid == expected:
             return
-        tied = [name for name in self.cfg.per_stage(self.cfg.spatial) if name in ("mlp", "random")]
+        tied = [GRID_TIED[name] for name in self.cfg.per_stage(self.cfg.spatial) if name in GRID_TIED]
         tied += ["position embedding"] if self.pos_embed is not None else []
         if tied:
             raise ConfigError(f"this model was built for {self.cfg.img_size} px images ({expected[0]}x{expected[1]} "

@@ -1,0 +1,276 @@
+"""The training job: one model, one dataset, AdamW + warm-up/cosine, eval every epoch,
+a checkpoint every epoch, and the run record."""
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from tqdm import tqdm
+
+import blocks
+
+from . import __version__, data
+from .errors import RunFailed, UsageError
+from .io import save_torch, write_json
+from .profile import count_macs, count_params
+
+
+@dataclass
+class RunConfig:
+    spatial: str = "mlp"                 # spatial mixer (blocks.SPATIAL)
+    channel: str = "mlp"                 # channel mixer (blocks.CHANNEL)
+    preset: str = "tiny"                 # backbone preset (blocks.PRESETS)
+    model_options: dict = field(default_factory=dict)  # other backbone fields to override, e.g. {"norm": "batch"}
+    dataset: str = "fashion-mnist"       # see data.DATASETS
+    data_dir: str | None = None          # looked at before $ABLATE_DATA, ~/.cache/ablate and the Debian package
+    train_size: int | None = None        # stratified, nested subset of the training set; None = all
+    epochs: int = 4
+    batch_size: int = 256
+    lr: float = 2e-3                     # peak learning rate after warm-up
+    weight_decay: float = 0.05           # AdamW; not applied to norms, biases and embeddings (timm)
+    warmup_epochs: float = 0.5           # linear warm-up, then cosine to 1% of lr, stepped every batch
+    label_smoothing: float = 0.1
+    augment: bool = True                 # random crop (pad 2 at 28 px, 4 at 32 px) + horizontal flip
+    shuffle: str = "none"                # none | patch | global: a fixed pixel permutation of train and test
+    seed: int = 0                        # model init, data order, subset and shuffle
+    device: str = "auto"                 # auto | cpu | cuda
+    compile: bool = False                # torch.compile the model (pays off on GPU)
+    out: str = "runs"                    # run folders go here
+
+    def key(self) -> str:
+        """Identifies the experiment: everything but where and on what it runs."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "out", "data_dir", "compile")}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def build_model(cfg: RunConfig, ds: data.Dataset) -> blocks.MetaFormer:
+    c, h, w = ds.shape
+    if h != w:
+        raise UsageError(f"{ds.name} images are {h}x{w}; the backbone needs square images")
+    return blocks.create(cfg.preset, spatial=cfg.spatial, channel=cfg.channel, in_chans=c, img_size=h,
+                         num_classes=ds.num_classes, **cfg.model_options)
+
+
+def find_resumable(out: Path, key: str) -> Path | None:
+    """The newest run folder under `out` with this config key whose record is not finished."""
+    candidates = []
+    for record in out.glob("*/record.json"):
+        try:
+            doc = json.loads(record.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if doc.get("config_key") == key and doc.get("status") != "done" and (record.parent / "checkpoint.pt").exists():
+            candidates.append(record.parent)
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def prepare_out(out: Path) -> None:
+    """Fails before any training when the output folder cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to output folder {out}: {e.strerror or e}") from None
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, quiet: bool = False, log=None):
+        self.cfg, self.quiet = cfg, quiet
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.device = pick_device(cfg.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(usable_cores())
+        self.ds = data.load(cfg.dataset, cfg.data_dir)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, self.ds).to(self.device)
+        self.params, self.params_frozen = count_params(self.model)
+        self.macs = count_macs(self.model, self.ds.shape)
+        subset = data.nested_subset(self.ds.train_y, cfg.train_size, cfg.seed)
+        mean, std = (t.to(self.device) for t in self.ds.mean_std())
+        side = self.ds.shape[1]
+        perm = data.pixel_permutation(cfg.shuffle, side, side, self.model.cfg.patch_size, cfg.seed)
+        perm = None if perm is None else perm.to(self.device)
+        self.train_batches = data.Batches(
+            self.ds.train_x[subset].to(self.device), self.ds.train_y[subset].to(self.device), cfg.batch_size,
+            mean, std, perm, train=True, pad=side // 16 * 2 if cfg.augment else 0,  # 28 px: 2, 32 px: 4
+            flip=cfg.augment, seed=cfg.seed)
+        if len(self.train_batches) == 0:
+            raise UsageError(f"--train-size {len(subset)} is smaller than one batch ({cfg.batch_size}); "
+                             f"lower --batch-size")
+        self.test_batches = data.Batches(self.ds.test_x.to(self.device), self.ds.test_y.to(self.device), 1000, mean,
+                                         std, perm)
+        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps = cfg.epochs * len(self.train_batches)
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=steps, lr_min=cfg.lr * 0.01,
+                                           warmup_t=int(cfg.warmup_epochs * len(self.train_batches)),
+                                           warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        self.history: list[dict] = []
+        self.train_time = 0.0
+        self.train_images = 0
+        self.infer_img_s = None
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "history": self.history, "train_time": self.train_time,
+                "train_images": self.train_images, "torch_rng": torch.get_rng_state(),
+                "augment_rng": self.train_batches.generator.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history, self.train_time, self.train_images = state["history"], state["train_time"], state["train_images"]
+        torch.set_rng_state(state["torch_rng"])
+        self.train_batches.generator.set_state(state["augment_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    # -- loops ------------------------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        steps = len(self.train_batches)
+        total, count, last_finite = 0.0, 0, None
+        bar = tqdm(self.train_batches.epoch(epoch), total=steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                   leave=False, disable=self.quiet or not sys.stderr.isatty(), file=sys.stderr)
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(bar):
+            with self.autocast:
+                loss = F.cross_entropy(self.forward(x), y, label_smoothing=self.cfg.label_smoothing)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise RunFailed(f"diverged: loss is {value} at epoch {epoch + 1}, step {step + 1}/{steps} "
+                                f"(last finite loss: {last_finite}); lower --lr or check the data")
+            last_finite = value
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step_update(epoch * steps + step + 1)
+            total, count = total + value * len(y), count + len(y)
+            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.train_time += time.perf_counter() - start
+        self.train_images += count
+        return total / count
+
+    @torch.inference_mode()
+    def evaluate(self) -> tuple[float, float]:
+        self.model.eval()
+        correct, loss, n = 0, 0.0, 0
+        start = time.perf_counter()
+        for x, y in self.test_batches.epoch(0):
+            with self.autocast:
+                logits = self.forward(x)
+            loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+        self.infer_img_s = n / (time.perf_counter() - start)
+        return correct / n, loss / n
+
+    # -- the run ----------------------------------------------------------------------------------------------
+    def record(self, run_dir: Path, status: str, error: str | None = None) -> dict:
+        cfg, last = self.cfg, (self.history[-1] if self.history else {})
+        return {
+            "spatial": cfg.spatial, "channel": cfg.channel, "preset": cfg.preset, "dataset": cfg.dataset,
+            "train_size": len(self.train_batches.x), "test_size": len(self.test_batches.x), "seed": cfg.seed,
+            "epochs": cfg.epochs, "shuffle": cfg.shuffle, "params": self.params, "params_frozen": self.params_frozen,
+            "macs": self.macs, "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+            "train_time_s": round(self.train_time, 3),
+            "train_img_s": round(self.train_images / self.train_time, 1) if self.train_time else None,
+            "infer_img_s": round(self.infer_img_s, 1) if self.infer_img_s else None,
+            "device": str(self.device), "history": self.history,
+            "config": {**dataclasses.asdict(cfg), "model": dataclasses.asdict(self.model.cfg)},
+            "config_key": cfg.key(), "status": status, "error": error, "run_id": run_dir.name,
+            "run_dir": str(run_dir), "version": __version__, "git_commit": git_commit(),
+        }
+
+    def run(self, run_dir: Path, on_epoch=None) -> dict:
+        """Trains from the state in run_dir (if any) to the last epoch, writing checkpoint and record each epoch.
+
+        `on_epoch(epoch, record)` is called after each epoch (studies report to optuna pruners there).
+        """
+        ckpt = run_dir / "checkpoint.pt"
+        if ckpt.exists():
+            self.load_state(torch.load(ckpt, map_location=self.device, weights_only=False))
+            self.log(f"resuming {run_dir} after epoch {len(self.history)}")
+        try:
+            for epoch in range(len(self.history), self.cfg.epochs):
+                t0 = time.perf_counter()
+                train_loss = self.train_epoch(epoch)
+                test_acc, test_loss = self.evaluate()
+                self.history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 5), "test_acc": test_acc,
+                                     "test_loss": round(test_loss, 5), "lr": self.optimizer.param_groups[0]["lr"],
+                                     "time_s": round(time.perf_counter() - t0, 2)})
+                save_torch(ckpt, self.state())
+                doc = self.record(run_dir, "running" if epoch + 1 < self.cfg.epochs else "done")
+                write_json(run_dir / "record.json", doc)
+                self.log(f"epoch {epoch + 1}/{self.cfg.epochs}  train_loss {train_loss:.4f}  "
+                         f"test_acc {test_acc:.4f}  ({self.history[-1]['time_s']:.0f} s)")
+                if on_epoch:
+                    on_epoch(epoch + 1, doc)
+        except RunFailed as e:
+            write_json(run_dir / "record.json", self.record(run_dir, "failed", str(e)))
+            raise
+        return self.record(run_dir, "done")
+
+
+def run(cfg: RunConfig, resume: str | bool = False, quiet: bool = False, on_epoch=None) -> dict:
+    """Runs (or resumes) one training job and returns its record."""
+    out = Path(cfg.out)
+    prepare_out(out)
+    run_dir = None
+    if isinstance(resume, str):
+        run_dir = Path(resume)
+        if not (run_dir / "checkpoint.pt").exists():
+            raise UsageError(f"--resume {run_dir}: no checkpoint.pt there")
+    elif resume:
+        run_dir = find_resumable(out, cfg.key())
+        if run_dir is None:
+            print(f"no unfinished run of this config under {out}; starting a new one", file=sys.stderr)
+    trainer = Trainer(cfg, quiet=quiet)
+    if run_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        run_dir = out / f"{stamp}-{cfg.spatial}-{cfg.channel}-{cfg.preset}-s{cfg.seed}"
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / "record.json", trainer.record(run_dir, "running"))
+    return trainer.run(run_dir, on_epoch)
