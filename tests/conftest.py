@@ -1,0 +1,31 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """Runs `python -m ablate ...` in a fresh process, like a user would."""
+    return subprocess.run([sys.executable, "-m", "ablate", *args], capture_output=True, text=True, cwd=cwd or ROOT,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """Real Fashion-MNIST from the Debian package; .ci/run installs it, so its absence is a failure."""
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"Fashion-MNIST not found in {FASHION_DIR}: apt-get install dataset-fashion-mnist")
+    return FASHION_DIR

@@ -1,0 +1,128 @@
+"""Every registered spatial x channel mixer pair in both backbone shapes: shape, finite loss, gradients."""
+import pytest
+import torch
+
+import blocks
+from blocks.backbone import build_mixer
+
+SHAPES = {"isotropic": "tiny", "hierarchical": "tiny-hier"}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channel", blocks.CHANNEL)
+@pytest.mark.parametrize("spatial", blocks.SPATIAL)
+def test_pair_trains(spatial: str, channel: str, shape: str):
+    torch.manual_seed(0)
+    model = blocks.create(SHAPES[shape], spatial=spatial, channel=channel)
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    logits = model(x)
+    assert logits.shape == (4, 10)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name} got no gradient"
+            assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+        else:
+            assert spatial == "random" and name.endswith("random_matrix"), f"{name} is frozen unexpectedly"
+            assert p.grad is None
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert bool(frozen) == (spatial == "random")
+
+
+@pytest.mark.parametrize("spatial", blocks.SPATIAL)
+def test_mixer_keeps_shape(spatial: str):
+    mixer = build_mixer(blocks.SPATIAL, "spatial", spatial, 16, {}, grid=(5, 3))
+    x = torch.randn(2, 5, 3, 16)
+    assert mixer(x).shape == x.shape
+
+
+@pytest.mark.parametrize("channel", blocks.CHANNEL)
+def test_channel_mixer_keeps_shape(channel: str):
+    mixer = build_mixer(blocks.CHANNEL, "channel", channel, 16, {})
+    x = torch.randn(2, 5, 3, 16)
+    assert mixer(x).shape == x.shape
+
+
+def test_random_mixer_is_frozen_and_counted():
+    from ablate.profile import count_params
+    trainable, frozen = count_params(blocks.create("tiny", spatial="random"))
+    assert frozen == 6 * 49 * 49  # one 49x49 matrix per block
+    assert trainable == count_params(blocks.create("tiny", spatial="identity"))[0]
+
+
+def test_glu_matches_mlp_size():
+    mlp = sum(p.numel() for p in build_mixer(blocks.CHANNEL, "channel", "mlp", 96, {}).parameters())
+    glu = sum(p.numel() for p in build_mixer(blocks.CHANNEL, "channel", "glu", 96, {}).parameters())
+    assert abs(glu - mlp) / mlp < 0.01
+
+
+def test_token_mlp_rejects_other_grid():
+    model = blocks.create("tiny", spatial="mlp", pos_embed="none")
+    with pytest.raises(blocks.ConfigError, match="built for 28 px.*8x8.*token-mixing MLP"):
+        model(torch.randn(1, 1, 32, 32))
+    mixer = build_mixer(blocks.SPATIAL, "spatial", "mlp", 8, {}, grid=(7, 7))
+    with pytest.raises(blocks.ConfigError, match="7x7 token grid and cannot run on 8x8"):
+        mixer(torch.randn(1, 8, 8, 8))
+
+
+def test_conv_model_runs_on_any_grid():
+    model = blocks.create("tiny", spatial="conv", pos_embed="none")
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 10)
+
+
+def test_unknown_names_and_options_list_valid_ones():
+    with pytest.raises(blocks.ConfigError, match="unknown spatial mixer 'sa'; valid: attention, mlp, conv"):
+        blocks.create("tiny", spatial="sa")
+    with pytest.raises(blocks.ConfigError, match="has no option 'kernel'; its options: kernel_size"):
+        blocks.create("tiny", spatial="conv", spatial_options={"conv": {"kernel": 3}})
+    with pytest.raises(blocks.ConfigError, match="unknown preset 'huge'; valid: tiny"):
+        blocks.create("huge")
+    with pytest.raises(blocks.ConfigError, match="unknown backbone option 'width'"):
+        blocks.create("tiny", width=3)
+
+
+def test_options_of_other_mixers_are_dropped_on_swap():
+    """The preset's conv kernel option applies only where conv is used: a swap changes one thing."""
+    conv = blocks.create("tiny", spatial="conv")
+    assert conv.stages[0][0].spatial.dw.kernel_size == (3, 3)
+    attn = blocks.create("tiny", spatial="attention")
+    assert type(attn.stages[0][0].spatial).__name__ == "Attention"
+
+
+def test_swap_changes_only_the_spatial_mixer():
+    def outside_mixer(model):
+        return {n: tuple(p.shape) for n, p in model.state_dict().items() if ".spatial." not in n}
+    reference = outside_mixer(blocks.create("tiny", spatial="attention"))
+    for spatial in blocks.SPATIAL:
+        assert outside_mixer(blocks.create("tiny", spatial=spatial)) == reference
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch", "group1"])
+@pytest.mark.parametrize("pos_embed", ["none", "learned", "sincos"])
+def test_backbone_options(norm: str, pos_embed: str):
+    model = blocks.create("tiny", spatial="attention", norm=norm, pos_embed=pos_embed, layer_scale=1e-5,
+                          drop_path=0.1)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("spatial", ["attention", "mlp", "random"])
+def test_class_token_head(spatial: str):
+    model = blocks.create("tiny", spatial=spatial, head="token", head_norm="pre")
+    assert model.cls_token is not None
+    logits = model(torch.randn(2, 1, 28, 28))
+    logits.sum().backward()
+    assert model.cls_token.grad.abs().sum() > 0
+
+
+def test_class_token_needs_a_token_mixer():
+    with pytest.raises(blocks.ConfigError, match="cannot reach a class token; build the model with head='avg'"):
+        blocks.create("tiny", spatial="conv", head="token")
+
+
+def test_per_stage_mixers_in_hierarchical_shape():
+    model = blocks.create("tiny-hier")
+    kinds = [type(stage[-1].spatial).__name__ for stage in model.stages]
+    assert kinds == ["DepthwiseConv", "DepthwiseConv", "Attention", "Attention"]
+    assert len(model.stages) == 4
