@@ -52,6 +52,9 @@ def add_model_args(p: argparse.ArgumentParser, many: bool) -> None:
 def add_run_args(p: argparse.ArgumentParser) -> None:
     d = train.RunConfig()
     add_model_args(p, many=False)
+    p.add_argument("--match", choices=("params", "macs"), default=None,
+                   help="resize the model (width, then channel-MLP ratio) to --match-to's params or MACs")
+    p.add_argument("--match-to", default=None, metavar="SPATIAL", help="the spatial mixer whose budget --match hits")
     p.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(data.DATASETS)}")
     p.add_argument("--data-dir", default=None, help="folder to look in first for the dataset files")
     p.add_argument("--train-size", type=positive_int, default=None,

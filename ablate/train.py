@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 import blocks
 
-from . import __version__, data
+from . import __version__, data, matching
 from .errors import RunFailed, UsageError
 from .io import save_torch, write_json
 from .profile import count_macs, count_params
@@ -32,6 +32,8 @@ class RunConfig:
     channel: str = "mlp"                 # channel mixer (blocks.CHANNEL)
     preset: str = "tiny"                 # backbone preset (blocks.PRESETS)
     model_options: dict = field(default_factory=dict)  # other backbone fields to override, e.g. {"norm": "batch"}
+    match: str | None = None             # params | macs: resize the model to match_to's budget (ablate.matching)
+    match_to: str | None = None          # the reference spatial mixer for `match`
     dataset: str = "fashion-mnist"       # see data.DATASETS
     data_dir: str | None = None          # looked at before $ABLATE_DATA, ~/.cache/ablate and the Debian package
     train_size: int | None = None        # stratified, nested subset of the training set; None = all
@@ -78,11 +80,22 @@ def git_commit() -> str | None:
 
 
 def build_model(cfg: RunConfig, ds: data.Dataset) -> blocks.MetaFormer:
+    return build_matched(cfg, ds)[0]
+
+
+def build_matched(cfg: RunConfig, ds: data.Dataset) -> tuple[blocks.MetaFormer, dict | None]:
+    """The run's model, and what --match resized it to (metric, reference, target), None without --match."""
     c, h, w = ds.shape
     if h != w:
         raise UsageError(f"{ds.name} images are {h}x{w}; the backbone needs square images")
-    return blocks.create(cfg.preset, spatial=cfg.spatial, channel=cfg.channel, in_chans=c, img_size=h,
-                         num_classes=ds.num_classes, **cfg.model_options)
+    shape = {"in_chans": c, "img_size": h, "num_classes": ds.num_classes}
+    resized, matched = matching.run_overrides(cfg.preset, cfg.spatial, cfg.channel, cfg.match, cfg.match_to,
+                                              {**shape, **cfg.model_options})
+    model = blocks.create(cfg.preset, spatial=cfg.spatial, channel=cfg.channel,
+                          **{**shape, **cfg.model_options, **resized})
+    if model.cfg.img_size != h:  # a model built for another size must say so now, not in the first batch
+        model.check_grid(tuple(model.stem(torch.zeros(1, c, h, w)).shape[1:3]))
+    return model, matched
 
 
 def find_resumable(out: Path, key: str) -> Path | None:
@@ -118,9 +131,12 @@ class Trainer:
             torch.set_num_threads(usable_cores())
         self.ds = data.load(cfg.dataset, cfg.data_dir)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, self.ds).to(self.device)
+        self.model, self.matched = build_matched(cfg, self.ds)
+        self.model.to(self.device)
         self.params, self.params_frozen = count_params(self.model)
         self.macs = count_macs(self.model, self.ds.shape)
+        if self.matched:
+            self.matched["value"] = self.params if cfg.match == "params" else self.macs
         subset = data.nested_subset(self.ds.train_y, cfg.train_size, cfg.seed)
         mean, std = (t.to(self.device) for t in self.ds.mean_std())
         side = self.ds.shape[1]
@@ -214,7 +230,8 @@ class Trainer:
             "spatial": cfg.spatial, "channel": cfg.channel, "preset": cfg.preset, "dataset": cfg.dataset,
             "train_size": len(self.train_batches.x), "test_size": len(self.test_batches.x), "seed": cfg.seed,
             "epochs": cfg.epochs, "shuffle": cfg.shuffle, "params": self.params, "params_frozen": self.params_frozen,
-            "macs": self.macs, "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+            "macs": self.macs, "matched": self.matched, "test_acc": last.get("test_acc"),
+            "test_loss": last.get("test_loss"),
             "train_time_s": round(self.train_time, 3),
             "train_img_s": round(self.train_images / self.train_time, 1) if self.train_time else None,
             "infer_img_s": round(self.infer_img_s, 1) if self.infer_img_s else None,
@@ -241,15 +258,22 @@ class Trainer:
                 self.history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 5), "test_acc": test_acc,
                                      "test_loss": round(test_loss, 5), "lr": self.optimizer.param_groups[0]["lr"],
                                      "time_s": round(time.perf_counter() - t0, 2)})
-                save_torch(ckpt, self.state())
                 doc = self.record(run_dir, "running" if epoch + 1 < self.cfg.epochs else "done")
-                write_json(run_dir / "record.json", doc)
+                try:  # atomic: a kill or a full disk mid-write leaves the previous checkpoint and record intact
+                    save_torch(ckpt, self.state())
+                    write_json(run_dir / "record.json", doc)
+                except OSError as e:
+                    raise RunFailed(f"cannot save epoch {epoch + 1} in {run_dir}: {e.strerror or e}; the files "
+                                    f"of epoch {epoch} are intact, free space and rerun with --resume") from None
                 self.log(f"epoch {epoch + 1}/{self.cfg.epochs}  train_loss {train_loss:.4f}  "
                          f"test_acc {test_acc:.4f}  ({self.history[-1]['time_s']:.0f} s)")
                 if on_epoch:
                     on_epoch(epoch + 1, doc)
         except RunFailed as e:
-            write_json(run_dir / "record.json", self.record(run_dir, "failed", str(e)))
+            try:
+                write_json(run_dir / "record.json", self.record(run_dir, "failed", str(e)))
+            except OSError:
+                pass  # the disk is what failed; the error message already says where things stand
             raise
         return self.record(run_dir, "done")
 

@@ -7,6 +7,7 @@ from .channel import CHANNEL
 from .errors import ConfigError
 from .presets import PRESETS, create, preset_config
 from .spatial import SPATIAL
+from .timm_convert import from_timm
 
 __all__ = ["CHANNEL", "SPATIAL", "PRESETS", "ConfigError", "MetaFormer", "MetaFormerConfig", "create",
-           "preset_config"]
+           "from_timm", "preset_config"]

@@ -28,7 +28,7 @@ from .spatial import SPATIAL
 class MetaFormerConfig:
     img_size: int = 28                   # input height = width in pixels
     in_chans: int = 1                    # input channels (1 for Fashion-MNIST, 3 for RGB)
-    num_classes: int = 10                # classifier outputs
+    num_classes: int = 10                # classifier outputs; 0 = no classifier, forward returns features (timm)
     depths: tuple[int, ...] = (6,)       # blocks per stage: one entry = isotropic, several = hierarchical
     dims: tuple[int, ...] = (64,)        # channels per stage
     spatial: str | tuple[str, ...] = "mlp"   # spatial mixer name (blocks.SPATIAL), or one per stage
@@ -45,6 +45,7 @@ class MetaFormerConfig:
     head: str = "avg"                    # avg: mean over the grid | token: a class token mixed with the grid, read out (ViT)
     head_norm: str = "post"              # pre: norm tokens then pool (ViT, Mixer) | post: pool then norm (MetaFormer)
     head_norm_name: str | None = None    # norm type of the head norm, None = same as `norm`
+    head_norm_eps: float | None = None   # eps of the head's norms, None = norm_eps (PoolFormer v1: 1e-5 in blocks, 1e-6 here)
     head_hidden_ratio: float = 0.0       # 0: linear classifier; > 0: MLP head with this ratio (MetaFormer v2)
     layer_scale: float | tuple | None = None  # init value of per-channel scale on each branch, None = off; or per stage
     res_scale: float | tuple | None = None    # init value of per-channel scale on the residual (MetaFormer v2)
@@ -202,14 +203,15 @@ class MetaFormer(nn.Module):
         grids = grid_sizes(cfg)
         spatial, channel = cfg.per_stage(cfg.spatial), cfg.per_stage(cfg.channel)
         layer_scales, res_scales = cfg.per_stage(cfg.layer_scale), cfg.per_stage(cfg.res_scale)
-        rates = torch.linspace(0, cfg.drop_path, sum(cfg.depths)).tolist()
+        rates = torch.linspace(0, cfg.drop_path, sum(cfg.depths), device="cpu").tolist()  # cpu: also builds on "meta"
 
         self.stem = Stem(cfg, cfg.dims[0])
-        self.pos_embed = self.prefix_pos_embed = self.cls_token = None
-        if cfg.pos_embed == "learned":
-            self.pos_embed = nn.Parameter(trunc_normal_(torch.zeros(1, *grids[0], cfg.dims[0]), std=0.02))
-        elif cfg.pos_embed == "sincos":
+        self.prefix_pos_embed = self.cls_token = None
+        if cfg.pos_embed == "sincos":
             self.register_buffer("pos_embed", sincos_2d(grids[0], cfg.dims[0]), persistent=False)
+        else:
+            self.pos_embed = (nn.Parameter(trunc_normal_(torch.zeros(1, *grids[0], cfg.dims[0]), std=0.02))
+                              if cfg.pos_embed == "learned" else None)
         prefix_tokens = 1 if cfg.head == "token" else 0
         if prefix_tokens:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dims[0]))
@@ -230,10 +232,12 @@ class MetaFormer(nn.Module):
             self.stages.append(nn.Sequential(*blocks))
 
         width = cfg.dims[-1]
-        self.head_norm = make_norm(cfg.head_norm_name or cfg.norm, width, cfg.norm_eps)
+        head_eps = cfg.norm_eps if cfg.head_norm_eps is None else cfg.head_norm_eps
+        self.head_norm = make_norm(cfg.head_norm_name or cfg.norm, width, head_eps)
         self.head_drop = nn.Dropout(cfg.drop)
-        self.head = (MlpHead(width, cfg.num_classes, cfg.head_hidden_ratio, cfg.head_norm_name or cfg.norm,
-                             cfg.norm_eps, cfg.drop) if cfg.head_hidden_ratio else nn.Linear(width, cfg.num_classes))
+        self.head = (nn.Identity() if not cfg.num_classes  # timm's headless models (vit_large_patch32_224)
+                     else MlpHead(width, cfg.num_classes, cfg.head_hidden_ratio, cfg.head_norm_name or cfg.norm,
+                                  head_eps, cfg.drop) if cfg.head_hidden_ratio else nn.Linear(width, cfg.num_classes))
         self.apply(init_weights)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -15,13 +15,15 @@ def make_act(name: str) -> nn.Module:
 
 
 class ChannelsFirst(nn.Module):
-    """Runs a channels-first norm (BatchNorm2d, GroupNorm) on a (B, H, W, C) tensor."""
+    """Runs a channels-first norm (BatchNorm2d, GroupNorm) on a channels-last tensor: (B, H, W, C) or (B, C)."""
 
     def __init__(self, norm: nn.Module):
         super().__init__()
         self.norm = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:  # pooled features, as (B, C, 1, 1)
+            return self.norm(x[:, :, None, None])[:, :, 0, 0]
         return self.norm(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
@@ -30,7 +32,7 @@ NORMS = {
     "layer-nobias": lambda dim, eps: nn.LayerNorm(dim, eps=eps, bias=False),
     "batch": lambda dim, eps: ChannelsFirst(nn.BatchNorm2d(dim, eps=eps)),
     "group1": lambda dim, eps: ChannelsFirst(nn.GroupNorm(1, dim, eps=eps)),
-    "group1-nobias": lambda dim, eps: ChannelsFirst(nn.GroupNorm(1, dim, eps=eps, affine=True)),
+    "group1-nobias": lambda dim, eps: ChannelsFirst(nn.GroupNorm(1, dim, eps=eps, bias=False)),  # PoolFormer v2
 }
 
 

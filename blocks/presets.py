@@ -3,6 +3,7 @@ from dataclasses import replace
 
 from .backbone import CONFIG_FIELDS, MetaFormer, MetaFormerConfig
 from .errors import ConfigError
+from .published import PUBLISHED
 
 # CPU-sized presets. Built without overrides they take Fashion-MNIST's shape (1 x 28 x 28, 10 classes).
 # Options that only matter for one mixer live under that mixer's name, so swapping the mixer drops them.
@@ -19,7 +20,7 @@ CPU_PRESETS: dict[str, MetaFormerConfig] = {
                                   spatial_options={"conv": {"kernel_size": 3}}, downsample_norm="layer"),
 }
 
-PRESETS: dict[str, MetaFormerConfig] = {**CPU_PRESETS}
+PRESETS: dict[str, MetaFormerConfig] = {**CPU_PRESETS, **PUBLISHED}  # published: 224 px ImageNet shape, timm parity
 
 
 def preset_config(name: str, **overrides) -> MetaFormerConfig:

@@ -1,0 +1,351 @@
+"""Experiment files (TOML): [study] settings, fixed [run] options, [arms] axes and an optional [search] space,
+parsed into an Experiment with every key and type checked (UsageError naming the key otherwise)."""
+import dataclasses
+import inspect
+import itertools
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+import blocks
+
+from . import data
+from .errors import UsageError
+from .train import RunConfig
+
+# Run-record keys a study can optimize, with the direction that means "better".
+METRICS = {"test_acc": "maximize", "test_loss": "minimize", "params": "minimize", "macs": "minimize",
+           "train_time_s": "minimize", "train_img_s": "maximize", "infer_img_s": "maximize"}
+EPOCH_METRICS = ("test_acc", "test_loss")  # in every history entry, so pruners can see them
+SAMPLERS = {"grid": None, "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+PRUNERS = {"none": None, "median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}
+STUDY_KEYS = ("name", "metric", "direction", "directions", "sampler", "sampler_options", "pruner", "pruner_options",
+              "trials_per_arm", "seeds")
+SECTIONS = ("study", "run", "arms", "search")
+NOT_SETTABLE = ("seed", "out")  # seeds come from [study].seeds, the folder from `study --out`
+RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in NOT_SETTABLE}
+HINTS = typing.get_type_hints(RunConfig)
+CHOICES = {"spatial": tuple(blocks.SPATIAL), "channel": tuple(blocks.CHANNEL), "preset": tuple(blocks.PRESETS),
+           "shuffle": ("none", "patch", "global"), "device": ("auto", "cpu", "cuda")}
+POSITIVE = ("train_size", "epochs", "batch_size", "lr")
+MODEL_RESERVED = ("spatial", "channel")  # run options of their own, not model_options
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str  # "spatial=mlp,channel=glu": the arm's name in the storage
+    axes: dict  # {"spatial": "mlp", "channel": "glu"}: the RunConfig fields this arm sets
+
+
+@dataclass
+class Experiment:
+    path: Path
+    name: str
+    metrics: list[str]
+    directions: list[str]
+    sampler: str
+    sampler_options: dict
+    pruner: str
+    pruner_options: dict
+    trials_per_arm: int
+    seeds: list[int]
+    run: dict                      # fixed RunConfig fields
+    axes: dict                     # axis -> list of values (tables for a linked axis); every combination is an arm
+    search: dict = field(default_factory=dict)  # field -> optuna distribution, tuned per arm
+
+    @property
+    def arms(self) -> list[Arm]:
+        if not self.axes:
+            return [Arm("base", {})]
+        arms = []
+        for combo in itertools.product(*self.axes.values()):
+            fields = {}
+            for axis, value in zip(self.axes, combo):
+                fields.update({axis: value} if axis in RUN_FIELDS else value)
+            arms.append(Arm(",".join(f"{k}={fmt(v)}" for k, v in fields.items()), fields))
+        return arms
+
+    @property
+    def fields(self) -> dict:
+        """Every run option the arms vary, with its values in file order (a linked axis gives several)."""
+        values: dict = {}
+        for arm in self.arms:
+            for k, v in arm.axes.items():
+                if v not in values.setdefault(k, []):
+                    values[k].append(v)
+        return values
+
+    @property
+    def grid(self) -> list[dict]:
+        """With sampler = "grid": every combination of the [search] choices, in file order."""
+        names = list(self.search)
+        return [dict(zip(names, combo)) for combo in itertools.product(*(d.choices for d in self.search.values()))]
+
+    def fingerprint(self) -> dict:
+        """What the cells' results depend on; a study in a storage must keep it (arms and seeds may grow)."""
+        return {"run": self.run, "metric": self.metrics, "direction": self.directions, "sampler": self.sampler,
+                "sampler_options": self.sampler_options, "pruner": self.pruner, "pruner_options": self.pruner_options,
+                "trials_per_arm": self.trials_per_arm,
+                "search": {k: optuna.distributions.distribution_to_json(d) for k, d in self.search.items()}}
+
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return SAMPLERS[self.sampler](seed=seed, **self.sampler_options)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner | None:
+        cls = PRUNERS[self.pruner]
+        return cls(**self.pruner_options) if cls else None
+
+
+def fmt(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def load(path: str | Path) -> Experiment:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"experiment file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read experiment file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path} is not valid TOML: {e}") from None
+    try:
+        return parse(doc, path)
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+def parse(doc: dict, path: Path) -> Experiment:
+    unknown_keys("", doc, SECTIONS)
+    study, run, axes, search = (section(doc, name) for name in SECTIONS)
+    unknown_keys("[study]", study, STUDY_KEYS)
+    name = typed("[study].name", study.get("name", path.stem), str)
+    metrics, directions = objectives(study)
+    sampler = choice("[study].sampler", typed("[study].sampler", study.get("sampler", "tpe" if search else "grid"),
+                                              str), SAMPLERS)
+    pruner = choice("[study].pruner", typed("[study].pruner", study.get("pruner", "none"), str), PRUNERS)
+    seeds = as_list("[study].seeds", study.get("seeds", [0]), int)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"[study].seeds must list distinct whole numbers, got {seeds}")
+    trials_per_arm = typed("[study].trials_per_arm", study.get("trials_per_arm", 0), int)
+    run, axes, search = run_options(run, axes, search)
+    exp = Experiment(path, name, metrics, directions, sampler,
+                     options("[study].sampler_options", study.get("sampler_options", {}), SAMPLERS[sampler]),
+                     pruner, options("[study].pruner_options", study.get("pruner_options", {}), PRUNERS[pruner]),
+                     trials_per_arm, seeds, run, axes, search)
+    check_tuning(exp)
+    for arm in exp.arms:
+        check_model({**run, **arm.axes})
+    return exp
+
+
+def objectives(study: dict) -> tuple[list[str], list[str]]:
+    """[study].metric (one or several run-record keys) and their directions (each metric's natural one by default)."""
+    metrics = as_list("[study].metric", study.get("metric", "test_acc"), str)
+    for m in metrics:
+        choice("[study].metric", m, METRICS)
+    if len(set(metrics)) != len(metrics):
+        raise UsageError(f"[study].metric lists a metric twice: {metrics}")
+    if "direction" in study and "directions" in study:
+        raise UsageError("[study] has both direction and directions; keep one")
+    key = "directions" if "directions" in study else "direction"
+    directions = as_list(f"[study].{key}", study.get(key, [METRICS[m] for m in metrics]), str)
+    if len(directions) != len(metrics):
+        raise UsageError(f"[study].{key} has {len(directions)} entries for {len(metrics)} metrics")
+    for d in directions:
+        choice(f"[study].{key}", d, ("maximize", "minimize"))
+    return metrics, directions
+
+
+def run_options(run: dict, axes: dict, search: dict) -> tuple[dict, dict, dict]:
+    """[run], [arms] and [search], each value checked, each run option set in one place only."""
+    run = {key: run_value(f"[run].{key}", key, value) for key, value in run.items()}
+    owner = {key: "[run]" for key in run}
+    for key, values in axes.items():
+        axes[key] = axis(key, values)
+        for option in {n for v in axes[key] for n in ((key,) if key in RUN_FIELDS else v)}:
+            if option in owner:
+                raise UsageError(f"{option} is set both in {owner[option]} and by [arms].{key}; keep one")
+            owner[option] = f"[arms].{key}"
+    for key in search:
+        if key in owner:
+            raise UsageError(f"{key} is tuned in [search] and also set in {owner[key]}; keep one")
+    return run, axes, {key: distribution(f"[search].{key}", key, spec) for key, spec in search.items()}
+
+
+def check_tuning(exp: Experiment) -> None:
+    """The tuning budget, sampler and pruner fit the [search] space (sets trials_per_arm for a grid)."""
+    if exp.search and exp.sampler == "grid":
+        for key, dist in exp.search.items():
+            if not isinstance(dist, CategoricalDistribution):
+                raise UsageError(f"[search].{key}: sampler \"grid\" needs choices = [...]; "
+                                 f"use sampler = \"tpe\" or \"random\" for a range")
+        size = len(exp.grid)
+        if exp.trials_per_arm not in (0, size):
+            raise UsageError(f"[study].trials_per_arm is {exp.trials_per_arm}, but the [search] grid has {size} "
+                             f"points; leave it out or set it to {size}")
+        exp.trials_per_arm = size
+    elif exp.search and exp.trials_per_arm < 1:
+        raise UsageError("[study].trials_per_arm must be at least 1 with [search] (the tuning budget per arm)")
+    elif not exp.search and exp.trials_per_arm:
+        raise UsageError("[study].trials_per_arm needs a [search] section (there is nothing to tune)")
+    if exp.pruner != "none":
+        if not exp.search:
+            raise UsageError(f"[study].pruner = \"{exp.pruner}\" needs a [search] section: only tuning trials are "
+                             f"pruned, the final runs of every arm always run to the end")
+        if len(exp.metrics) > 1:
+            raise UsageError("[study].pruner must be \"none\" with several metrics (optuna prunes one objective)")
+        if exp.metrics[0] not in EPOCH_METRICS:
+            raise UsageError(f"[study].pruner needs a metric recorded every epoch ({', '.join(EPOCH_METRICS)}), "
+                             f"not {exp.metrics[0]!r}")
+    for key, make in (("pruner", exp.make_pruner), ("sampler", lambda: exp.sampler == "grid" or exp.make_sampler(0))):
+        try:  # option values are only checked by the optuna classes themselves
+            make()
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"[study].{key}_options: {e}") from None
+
+
+def axis(key: str, values) -> list:
+    """An [arms] axis: values of one run option, or tables that set several together (a linked axis, e.g.
+    data = [{ train_size = 1000, epochs = 40 }, { train_size = 60000, epochs = 1 }])."""
+    values = as_list(f"[arms].{key}", values, object)
+    if not values or len({fmt(v) for v in values}) != len(values):
+        raise UsageError(f"[arms].{key} must list distinct values, got {values}")
+    if key in RUN_FIELDS:
+        return [run_value(f"[arms].{key}", key, v) for v in values]
+    if not all(isinstance(v, dict) and v for v in values):
+        check_field(f"[arms].{key}", key)  # neither a run option nor a linked axis: name the valid options
+    if len({tuple(v) for v in values}) != 1:
+        raise UsageError(f"[arms].{key}: every table of a linked axis must set the same options, got {values}")
+    return [{name: run_value(f"[arms].{key}.{name}", name, v) for name, v in table.items()} for table in values]
+
+
+def section(doc: dict, name: str) -> dict:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise UsageError(f"[{name}] must be a table, got {type(value).__name__}")
+    return dict(value)
+
+
+def unknown_keys(where: str, table: dict, valid) -> None:
+    unknown = [k for k in table if k not in valid]
+    if unknown:
+        label = f"{where} key" if where else "section"
+        raise UsageError(f"unknown {label} {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+
+
+def type_ok(value, kind) -> bool:
+    if kind is object:
+        return True
+    if isinstance(value, bool) and kind is not bool:  # TOML true is not a number
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+KIND_NAMES = {int: "whole number", float: "number", str: "string", bool: "boolean (true or false)", dict: "table"}
+
+
+def typed(key: str, value, *kinds):
+    if not any(type_ok(value, k) for k in kinds):
+        names = " or ".join(KIND_NAMES.get(k, k.__name__) for k in kinds)
+        raise UsageError(f"{key} must be a {names}, got {value!r}")
+    return float(value) if kinds == (float,) else value
+
+
+def as_list(key: str, value, kind) -> list:
+    values = value if isinstance(value, list) else [value]
+    return [typed(key, v, kind) for v in values]
+
+
+def choice(key: str, value, valid):
+    if value not in valid:
+        raise UsageError(f"{key} = {value!r} is not one of: {', '.join(valid)}")
+    return value
+
+
+def options(key: str, value, cls) -> dict:
+    """Keyword arguments for an optuna sampler or pruner class, checked against its signature."""
+    if not isinstance(value, dict):
+        raise UsageError(f"{key} must be a table, got {value!r}")
+    if cls is None and value:
+        raise UsageError(f"{key}: this choice takes no options")
+    params = {} if cls is None else {k: p for k, p in inspect.signature(cls).parameters.items() if k != "seed"}
+    unknown_keys(key, value, list(params))
+    for name, v in value.items():  # typed like the default where the default says (TOML has no callables anyway)
+        default = params[name].default
+        if isinstance(default, (bool, int, float)):  # not str: hyperband's max_resource is "auto" or a number
+            typed(f"{key}.{name}", v, float if type(default) is float else type(default))
+    return dict(value)
+
+
+def field_kinds(name: str) -> tuple:
+    hint = HINTS[name]
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return tuple(k for k in kinds if k is not type(None))
+
+
+def check_field(key: str, name: str) -> None:
+    if name not in RUN_FIELDS:
+        hint = " (set by [study].seeds)" if name == "seed" else " (set by `study --out`)" if name == "out" else ""
+        raise UsageError(f"{key}: unknown run option {name!r}{hint}; valid: {', '.join(RUN_FIELDS)}")
+
+
+def run_value(key: str, name: str, value):
+    """One value for RunConfig field `name`, with its type and range checked."""
+    check_field(key, name)
+    kinds = field_kinds(name)
+    value = typed(key, value, *kinds)
+    if name in CHOICES:
+        choice(key, value, CHOICES[name])
+    if name in POSITIVE and value <= 0:
+        raise UsageError(f"{key} must be positive, got {value}")
+    if name == "dataset" and value not in data.DATASETS and not value.startswith("imagefolder:"):
+        raise UsageError(f"{key} = {value!r} is not one of: {', '.join(data.DATASETS)}")
+    return value
+
+
+def distribution(key: str, name: str, spec) -> BaseDistribution:
+    """A [search] entry: {low, high[, log][, step]} for numbers, or {choices = [...]}."""
+    if not isinstance(spec, dict):
+        raise UsageError(f"{key} must be a table such as {{ low = 1e-4, high = 1e-2, log = true }} "
+                         f"or {{ choices = [...] }}, got {spec!r}")
+    check_field(key, name)
+    if "choices" in spec:
+        unknown_keys(key, spec, ("choices",))
+        choices = [run_value(f"{key}.choices", name, v) for v in as_list(f"{key}.choices", spec["choices"], object)]
+        if not choices:
+            raise UsageError(f"{key}.choices is empty")
+        return CategoricalDistribution(choices)
+    unknown_keys(key, spec, ("low", "high", "log", "step"))
+    kinds = field_kinds(name)
+    if not set(kinds) & {int, float}:
+        raise UsageError(f"{key}: {name} is not a number; use {{ choices = [...] }}")
+    if "low" not in spec or "high" not in spec:
+        raise UsageError(f"{key} needs both low and high (or choices)")
+    kind = int if int in kinds else float
+    low, high = (run_value(f"{key}.{b}", name, typed(f"{key}.{b}", spec[b], kind)) for b in ("low", "high"))
+    log = typed(f"{key}.log", spec.get("log", False), bool)
+    step = spec.get("step")
+    step = None if step is None else typed(f"{key}.step", step, kind)
+    try:
+        if kind is int:
+            return IntDistribution(low, high, log=log, step=step or 1)
+        return FloatDistribution(low, high, log=log, step=step)
+    except ValueError as e:
+        raise UsageError(f"{key}: {e}") from None
+
+
+def check_model(values: dict) -> None:
+    """Names and backbone options of one arm, checked before any training (shapes are checked by the run)."""
+    cfg = RunConfig(**values)
+    reserved = [k for k in cfg.model_options if k in MODEL_RESERVED]
+    if reserved:
+        raise UsageError(f"model_options may not set {', '.join(reserved)}: set them as run options or [arms] axes")
+    blocks.preset_config(cfg.preset, spatial=cfg.spatial, channel=cfg.channel, **cfg.model_options)

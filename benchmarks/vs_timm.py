@@ -1,0 +1,159 @@
+"""ablate's models against timm's implementation of the same architecture: training and inference images/s,
+side by side in one process (CPU, fp32), as ratios ablate / timm.
+
+    python benchmarks/vs_timm.py --out benchmarks/results/vs_timm.md
+
+Each pair is a small Fashion-MNIST-shaped model (1 x 28 x 28, 10 classes) built twice: from a blocks preset with
+overrides, and with timm's class and the same options. The script checks they are the same network (timm's
+weights loaded into ours give the same logits) before timing. Timings alternate between the two models over
+several rounds, so drift in machine load hits both; each number is the median over all timed steps.
+"""
+import argparse
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import timm
+import torch
+from timm.models.metaformer import Attention, GroupNorm1, LayerNorm2dNoBias, LayerNormNoBias, MetaFormer, SepConv
+from timm.models.mlp_mixer import MlpMixer
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+import blocks
+from ablate.io import atomic_write
+from ablate.profile import infer_step, train_step
+from blocks.timm_convert import convert_state, family_of
+
+SHAPE = dict(img_size=28, in_chans=1, num_classes=10)
+ISOTROPIC = dict(depths=(6,), dims=(64,), patch_size=4)  # the `tiny` preset's size
+HIERARCHICAL = dict(depths=(1, 1, 3, 1), dims=(32, 64, 96, 128))  # the `tiny-hier` preset's size
+
+# name: (blocks preset, its overrides, timm model factory)
+PAIRS = {
+    "vit": ("vit-s16", {**ISOTROPIC, "spatial_options": {"attention": {"num_heads": 2}}},
+            lambda: VisionTransformer(embed_dim=64, depth=6, num_heads=2, patch_size=4, **SHAPE)),
+    "mixer": ("mixer-s16", ISOTROPIC,
+              lambda: MlpMixer(embed_dim=64, num_blocks=6, patch_size=4, **SHAPE)),
+    "poolformer": ("poolformer-s12", HIERARCHICAL,
+                   lambda: MetaFormer(**HIERARCHICAL, in_chans=1, num_classes=10, downsample_norm=None,
+                                      mlp_act=nn.GELU, mlp_bias=True, norm_layers=GroupNorm1,
+                                      layer_scale_init_values=1e-5, res_scale_init_values=None, use_mlp_head=False)),
+    "convformer": ("convformer-s18", HIERARCHICAL,
+                   lambda: MetaFormer(**HIERARCHICAL, in_chans=1, num_classes=10, token_mixers=SepConv,
+                                      norm_layers=LayerNorm2dNoBias)),
+    "caformer": ("caformer-s18", HIERARCHICAL,
+                 lambda: MetaFormer(**HIERARCHICAL, in_chans=1, num_classes=10,
+                                    token_mixers=[SepConv, SepConv, Attention, Attention],
+                                    norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2)),
+}
+
+
+def build_pair(name: str) -> tuple[nn.Module, nn.Module]:
+    """(ours, timm's) with the same weights; raises if they are not the same function."""
+    preset, overrides, make_timm = PAIRS[name]
+    torch.manual_seed(0)
+    theirs = make_timm()
+    ours = blocks.create(preset, **SHAPE, **overrides)
+    ours.load_state_dict(convert_state(family_of(preset), theirs.state_dict(), ours.state_dict()))
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        diff = (ours.eval()(x) - theirs.eval()(x)).abs().max().item()
+    if diff > 1e-4:
+        raise AssertionError(f"{name}: ours and timm's differ by {diff:.2e} on the same input; not the same network")
+    return ours, theirs
+
+
+def step_times(step, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def compare(name: str, batch_size: int, rounds: int, warmup: int, repeats: int) -> dict:
+    """Images/s of ours and timm's, training and inference, alternating the two models each round."""
+    models = dict(zip(("ablate", "timm"), build_pair(name)))
+    x, y = torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
+    steps = {(who, mode): (train_step(m, x, y) if mode == "train" else infer_step(m, x))
+             for who, m in models.items() for mode in ("train", "infer")}
+    times = {key: [] for key in steps}
+    for _ in range(rounds):
+        for (who, mode), step in steps.items():
+            if mode == "train":
+                models[who].train()
+            else:
+                models[who].eval()
+            times[who, mode] += step_times(step, warmup, repeats)
+    row = {"model": name, "batch": batch_size,
+           "params": sum(p.numel() for p in models["ablate"].parameters())}
+    for (who, mode), ts in times.items():
+        row[f"{who}_{mode}"] = batch_size / statistics.median(ts)
+    for mode in ("train", "infer"):
+        row[f"{mode}_ratio"] = row[f"ablate_{mode}"] / row[f"timm_{mode}"]
+    return row
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    lines = [
+        "# ablate vs timm: throughput of the same architecture",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"CPU fp32, {torch.get_num_threads()} threads, torch {torch.__version__}, timm {timm.__version__}, "
+        f"{platform.processor() or platform.machine()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        "Images/s are medians over all timed steps; ratio = ablate / timm (> 1: ablate is faster). "
+        "Train = forward + backward + AdamW step.",
+        "",
+        "| model | params | batch | train ablate | train timm | **train ratio** | infer ablate | infer timm "
+        "| **infer ratio** |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['ablate_train']:.0f} | "
+                     f"{r['timm_train']:.0f} | **{r['train_ratio']:.2f}** | {r['ablate_infer']:.0f} | "
+                     f"{r['timm_infer']:.0f} | **{r['infer_ratio']:.2f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="benchmarks/results/vs_timm.md", help="markdown file for the results table")
+    p.add_argument("--models", default=",".join(PAIRS), help=f"comma-separated: {', '.join(PAIRS)}")
+    p.add_argument("--batch-sizes", default="64,256")
+    p.add_argument("--rounds", type=int, default=3, help="alternations between the two models")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each round")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per round")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores this process may use)")
+    args = p.parse_args(argv)
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in PAIRS]
+    if unknown:
+        p.error(f"unknown model {', '.join(unknown)}; valid: {', '.join(PAIRS)}")
+    from ablate.train import usable_cores
+    torch.set_num_threads(args.threads or usable_cores())
+    rows = []
+    for name in names:
+        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+            rows.append(compare(name, batch_size, args.rounds, args.warmup, args.repeats))
+            r = rows[-1]
+            print(f"{name:<11} batch {batch_size:>4}: train {r['ablate_train']:7.0f} vs {r['timm_train']:7.0f} img/s "
+                  f"({r['train_ratio']:.2f}x)   infer {r['ablate_infer']:7.0f} vs {r['timm_infer']:7.0f} img/s "
+                  f"({r['infer_ratio']:.2f}x)", file=sys.stderr, flush=True)
+    command = "python benchmarks/vs_timm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda f: f.write(markdown(rows, command.strip()).encode()))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

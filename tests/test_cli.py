@@ -1,0 +1,81 @@
+"""The CLI as a user runs it: exit codes, messages, the run record, and real training on Fashion-MNIST."""
+import json
+
+import pytest
+
+import blocks
+
+RECORD_KEYS = {"spatial", "channel", "preset", "dataset", "train_size", "test_size", "seed", "epochs", "shuffle",
+               "params", "macs", "test_acc", "test_loss", "train_time_s", "train_img_s", "infer_img_s", "device",
+               "history", "config", "version", "git_commit"}
+SYNTHETIC = ["--dataset", "synthetic", "--epochs", "1", "--batch-size", "100"]
+
+
+def test_list_json(cli):
+    out = cli("list", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["spatial"] == list(blocks.SPATIAL) and doc["channel"] == list(blocks.CHANNEL)
+    tiny = next(p for p in doc["presets"] if p["preset"] == "tiny")
+    assert tiny["params"] > 0 and tiny["macs"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--spatial", "sa"], "unknown spatial mixer 'sa'; valid: attention, mlp, conv, pool, identity, random"),
+    (["--channel", "moe"], "unknown channel mixer 'moe'; valid: mlp, glu"),
+    (["--spatial", "mlp", "--model-opt", "img_size=32"], "built for 32 px.*7x7 token grid.*token-mixing MLP"),
+    (["--preset", "giant"], "unknown preset 'giant'; valid: tiny"),
+])
+def test_bad_model_exits_2(cli, tmp_path, args, message):
+    import re
+    out = cli(*args, *SYNTHETIC, "--out", str(tmp_path))
+    assert out.returncode == 2
+    assert re.search(message, out.stderr), out.stderr
+    assert "Traceback" not in out.stderr
+    assert not list(tmp_path.glob("*/record.json"))  # nothing started
+
+
+def test_run_json_writes_record(cli, tmp_path):
+    out = cli("run", "--spatial", "random", "--channel", "glu", *SYNTHETIC, "--out", str(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)  # exactly one JSON document on stdout
+    assert RECORD_KEYS <= set(record)
+    assert record["params_frozen"] == 6 * 49 * 49
+    assert 0 <= record["test_acc"] <= 1 and len(record["history"]) == 1
+    saved = json.loads((tmp_path / record["run_id"] / "record.json").read_text())
+    assert saved["test_acc"] == record["test_acc"] and saved["status"] == "done"
+    assert (tmp_path / record["run_id"] / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("spatial", list(blocks.SPATIAL))
+@pytest.mark.parametrize("channel", list(blocks.CHANNEL))
+def test_every_pair_trains_via_cli(cli, tmp_path, spatial, channel):
+    out = cli("--spatial", spatial, "--channel", channel, "--dataset", "synthetic", "--train-size", "200",
+              "--epochs", "1", "--batch-size", "100", "--out", str(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["spatial"] == spatial and record["channel"] == channel
+    assert record["history"][0]["train_loss"] > 0
+
+
+def test_fashion_mnist_end_to_end(cli, tmp_path, fashion_dir):
+    """Real data, a 3,000-image subset, 2 epochs: far above the 10% of chance."""
+    out = cli("--spatial", "conv", "--train-size", "3000", "--epochs", "2", "--batch-size", "128",
+              "--data-dir", str(fashion_dir), "--out", str(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["dataset"] == "fashion-mnist" and record["train_size"] == 3000 and record["test_size"] == 10000
+    assert record["test_acc"] > 0.6
+
+
+def test_resume_continues_the_unfinished_run(cli, tmp_path):
+    first = cli(*SYNTHETIC, "--epochs", "2", "--out", str(tmp_path), "--json")
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / json.loads(first.stdout)["run_id"]
+    record = json.loads((run_dir / "record.json").read_text())
+    record["status"] = "running"  # as if killed after its last checkpoint
+    (run_dir / "record.json").write_text(json.dumps(record))
+    again = cli(*SYNTHETIC, "--epochs", "2", "--out", str(tmp_path), "--json", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["run_id"] == run_dir.name
+    assert "resuming" in again.stderr

@@ -1,0 +1,81 @@
+"""Fault tolerance of a run: SIGKILL and resume, divergence, unwritable output, a disk that fills."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ablate import train
+from ablate.errors import RunFailed
+from conftest import ROOT, run_cli
+
+ARGS = ["--dataset", "synthetic", "--epochs", "4", "--batch-size", "50", "--train-size", "1000", "--seed", "7"]
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    reference = run_cli(*ARGS, "--out", str(tmp_path / "ref"), "--json")
+    assert reference.returncode == 0, reference.stderr
+    expected = json.loads(reference.stdout)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "ablate", *ARGS, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill as soon as the first epoch's checkpoint is on disk
+        records = list(out.glob("*/record.json"))
+        if records and json.loads(records[0].read_text() or "{}").get("history"):
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = json.loads(records[0].read_text())
+    assert killed["status"] == "running" and 1 <= len(killed["history"]) < 4
+
+    resumed = run_cli(*ARGS, "--out", str(out), "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    got = json.loads(resumed.stdout)
+    assert got["run_id"] == killed["run_id"]
+    assert [h["test_acc"] for h in got["history"]] == [h["test_acc"] for h in expected["history"]]
+    assert got["test_acc"] == expected["test_acc"] and got["test_loss"] == expected["test_loss"]
+
+
+def test_divergence_exits_1_with_where_it_happened(tmp_path):
+    out = run_cli("--dataset", "synthetic", "--epochs", "1", "--lr", "1e12", "--warmup-epochs", "0",
+                  "--out", str(tmp_path))
+    assert out.returncode == 1, out.stderr
+    assert "diverged: loss is" in out.stderr and "epoch 1, step" in out.stderr and "last finite loss" in out.stderr
+    record = json.loads(next(tmp_path.glob("*/record.json")).read_text())
+    assert record["status"] == "failed" and "diverged" in record["error"]
+
+
+def test_unwritable_output_fails_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = run_cli("--dataset", "synthetic", "--epochs", "1", "--out", str(blocker / "runs"))
+    assert out.returncode == 2
+    assert f"cannot write to output folder {blocker / 'runs'}" in out.stderr
+
+
+def test_full_disk_keeps_the_previous_epoch(tmp_path, monkeypatch):
+    calls = []
+
+    def save_until_full(path, obj):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(path, obj)
+
+    real_save = train.save_torch
+    monkeypatch.setattr(train, "save_torch", save_until_full)
+    cfg = train.RunConfig(dataset="synthetic", epochs=3, batch_size=100, out=str(tmp_path))
+    with pytest.raises(RunFailed, match="cannot save epoch 2 .*No space left on device.*--resume"):
+        train.run(cfg, quiet=True)
+    run_dir = next(tmp_path.glob("*/record.json")).parent
+    assert json.loads((run_dir / "record.json").read_text())["status"] == "failed"
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert len(checkpoint["history"]) == 1  # epoch 1 survives intact, ready for --resume

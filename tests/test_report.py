@@ -1,0 +1,330 @@
+"""`ablate report` on synthetic studies written straight into a temp sqlite storage with optuna.
+
+The records follow a known law (err = a_s * N^-b_s + c_s, minus a shuffle penalty, plus seed noise),
+so the figures, tables and fitted parameters can be checked against what was put in.
+"""
+import contextlib
+import csv
+import io
+import json
+import math
+import warnings
+import zlib
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+from scipy import stats
+
+from ablate import cli, report
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+LAW = {"attention": (3.0, 0.45, 0.10), "mlp": (6.0, 0.55, 0.08), "conv": (2.0, 0.40, 0.09)}  # a, b, c
+MACS = {"attention": 3.1e6, "mlp": 2.2e6, "conv": 2.6e6}
+SPEED = {"attention": 4000.0, "mlp": 6000.0, "conv": 5000.0}
+PENALTY = {"none": 0.0, "patch": 0.0, "global": 0.2}
+EPOCHS = 3
+
+
+def record(spatial: str, train_size: int, shuffle: str, seed: int, lr: float = 2e-3) -> dict:
+    a, b, c = LAW[spatial]
+    noise = np.random.default_rng(zlib.crc32(f"{spatial} {train_size} {shuffle} {seed}".encode())).normal(0, 0.004)
+    acc = float(1 - (a * train_size ** -b + c) - PENALTY[shuffle] * (spatial != "mlp") + noise)
+    history = [{"epoch": e, "train_loss": 2.0 / e, "test_acc": acc - 0.1 * (EPOCHS - e), "test_loss": 1.0 / e,
+                "lr": lr, "time_s": 1.0} for e in range(1, EPOCHS + 1)]
+    return {"spatial": spatial, "channel": "mlp", "preset": "tiny", "dataset": "fashion-mnist",
+            "train_size": train_size, "test_size": 10000, "seed": seed, "epochs": EPOCHS, "shuffle": shuffle,
+            "params": 200_000 + 1000 * len(spatial), "params_frozen": 0, "macs": MACS[spatial], "test_acc": acc,
+            "test_loss": 0.5, "train_time_s": train_size / SPEED[spatial] * EPOCHS,
+            "train_img_s": SPEED[spatial] + seed,
+            "infer_img_s": 3 * SPEED[spatial], "device": "cpu", "history": history,
+            "config": {"lr": lr, "batch_size": 256, "augment": True, "model": {"dims": [64], "depths": [6]}}}
+
+
+def attrs(axes: dict, phase: str, seed: int, rec: dict | None = None, cell: str | None = None) -> dict:
+    """The user_attrs `ablate study` gives a trial."""
+    arm = ",".join(f"{k}={v}" for k, v in axes.items())
+    return {"cell": cell or f"{arm}|{phase}|seed={seed}", "arm": arm, "axes": axes, "phase": phase, "seed": seed,
+            **({"record": rec} if rec else {})}
+
+
+def final_trial(axes: dict, rec: dict):
+    return create_trial(value=rec["test_acc"], user_attrs=attrs(axes, "final", rec["seed"], rec))
+
+
+def full_study(url: str, name: str = "everything", seeds=(0, 1, 2)) -> optuna.Study:
+    """Every axis the report knows (mixers x train sizes x shuffles x seeds, and a channel axis of one value),
+    a tuning phase with a pruned trial, a diverged run, a lost claim and a cell recorded twice."""
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["test_acc"])
+    study.set_user_attr("axes", {"spatial": list(LAW), "channel": ["mlp"], "train_size": [250, 1000, 4000, 16000],
+                                 "shuffle": ["none", "global"]})
+    space = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "weight_decay": FloatDistribution(0.0, 0.1)}
+    rng = np.random.default_rng(1)
+    for spatial in LAW:  # tuning: the arms at 4000 images without shuffle
+        axes = {"spatial": spatial, "channel": "mlp", "train_size": 4000, "shuffle": "none"}
+        for k in range(6):
+            lr, wd = float(10 ** rng.uniform(-4, -2)), float(rng.uniform(0, 0.1))
+            rec = record(spatial, 4000, "none", 0, lr)
+            rec["test_acc"] -= abs(math.log10(lr) + 3) * 0.05 + wd * 0.01  # best near lr = 1e-3
+            study.add_trial(create_trial(value=rec["test_acc"], params={"lr": lr, "weight_decay": wd},
+                                         distributions=space, user_attrs=attrs(axes, "tune", 0, rec, f"tune{k}")))
+    for spatial in LAW:
+        for size in (250, 1000, 4000, 16000):
+            for shuffle in ("none", "global"):
+                for seed in seeds:
+                    axes = {"spatial": spatial, "channel": "mlp", "train_size": size, "shuffle": shuffle}
+                    study.add_trial(final_trial(axes, record(spatial, size, shuffle, seed)))
+    mlp = {"spatial": "mlp", "channel": "mlp", "train_size": 4000, "shuffle": "none"}
+    study.add_trial(create_trial(state=TrialState.PRUNED, value=0.3, params={"lr": 0.009, "weight_decay": 0.0},
+                                 distributions=space, intermediate_values={1: 0.3},
+                                 user_attrs=attrs(mlp, "tune", 0, cell="tune9")))
+    diverged = {"spatial": "conv", "channel": "mlp", "train_size": 250, "shuffle": "global"}
+    study.add_trial(create_trial(state=TrialState.FAIL,
+                                 user_attrs={**attrs(diverged, "final", 9), "error": "diverged"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={**attrs(mlp, "final", 0), "lost_claim": True}))
+    twice = record("mlp", 4000, "none", 0)
+    study.add_trial(create_trial(value=0.1, user_attrs=attrs(mlp, "final", 0, {**twice, "test_acc": 0.1})))
+    return study
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return f"sqlite:///{tmp_path / 'ablate.db'}"
+
+
+def run_report(storage: str, name: str, out, *extra: str, capsys=None) -> tuple[int, dict | None]:
+    code = cli.main(["report", "--study", name, "--storage", storage, "-o", str(out), "--bootstrap", "60",
+                     "--json", *extra])
+    doc = json.loads(capsys.readouterr().out) if capsys is not None and code == 0 else None
+    return code, doc
+
+
+@pytest.fixture(scope="module")
+def everything(tmp_path_factory):
+    """The full study and its report, made once: (study, output folder, the --json document)."""
+    folder = tmp_path_factory.mktemp("everything")
+    url = f"sqlite:///{folder / 'ablate.db'}"
+    study = full_study(url)
+    out = folder / "report"
+    args = ["report", "--study", "everything", "--storage", url, "-o", str(out), "--bootstrap", "60", "--json"]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert cli.main(args) == 0
+    lines = stdout.getvalue().splitlines()
+    assert len(lines) == 1, "--json prints exactly one document"
+    return study, out, json.loads(lines[0])
+
+
+def test_full_study_gives_every_figure_table_and_csv(everything):
+    study, out, doc = everything
+    names = {f["name"] for f in doc["figures"]}
+    assert names == {"scaling", "pareto_macs", "pareto_throughput", "shuffle", "curves", "tuning_history",
+                     "importances"}
+    for name in names:
+        for fmt in ("png", "svg"):
+            assert (out / f"{name}.{fmt}").stat().st_size > 5000, f"{name}.{fmt}"
+    md = (out / "report.md").read_text()
+    for name in names:
+        assert f"]({name}.png)" in md
+    for heading in ("## Budget", "## Arms", "## Data scaling", "## Shuffle robustness", "## Tuning"):
+        assert heading in md
+    # every trial in every state is in the CSV, with its record flattened
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == len(study.trials)
+    assert {r["state"] for r in rows} == {"COMPLETE", "PRUNED", "FAIL"}
+    assert {"params_lr", "config.batch_size", "test_acc", "macs", "value", "cell", "error"} <= set(rows[0])
+    assert json.loads(rows[0]["axes"])["channel"] == "mlp"
+    assert doc["trials"] == {"COMPLETE": len(study.trials) - 3, "FAIL": 2, "PRUNED": 1} and doc["lost_claims"] == 1
+    assert doc["n_final"] == 3 * 4 * 2 * 3, "the cell recorded twice counts once"
+    assert doc["axes"] == ["spatial", "train_size", "shuffle"], "channel has one value: not an axis"
+    assert doc["budget"]["train_size"] == [250, 1000, 4000, 16000]
+    assert json.loads((out / "summary.json").read_text()) == doc
+
+
+def test_arm_table_matches_the_records(everything):
+    _, out, doc = everything
+    arm = next(a for a in doc["arms"] if a["spatial"] == "conv" and a["train_size"] == 1000 and a["shuffle"] == "none")
+    accs = [record("conv", 1000, "none", s)["test_acc"] for s in (0, 1, 2)]
+    assert arm["n"] == 3 and arm["seeds"] == [0, 1, 2]
+    assert arm["test_acc_mean"] == pytest.approx(np.mean(accs))
+    assert arm["test_acc_sd"] == pytest.approx(np.std(accs, ddof=1))
+    half = stats.t.ppf(0.975, 2) * np.std(accs, ddof=1) / math.sqrt(3)
+    assert arm["test_acc_ci95"] == pytest.approx([np.mean(accs) - half, np.mean(accs) + half])
+    assert arm["macs"] == MACS["conv"]
+    assert f"{np.mean(accs):.4f} ± {np.std(accs, ddof=1):.4f}" in (out / "report.md").read_text()
+    assert arm["failed"] == 0
+    diverged = next(a for a in doc["arms"] if a["arm"] == "spatial=conv, train_size=250, shuffle=global")
+    assert diverged["failed"] == 1 and diverged["n"] == 3
+    assert [a["arm"] for a in doc["arms"][:3]] == ["spatial=attention, train_size=250, shuffle=none",
+                                                   "spatial=attention, train_size=250, shuffle=global",
+                                                   "spatial=attention, train_size=1000, shuffle=none"]
+
+
+def test_power_law_fit_recovers_the_law_it_was_given(everything):
+    doc = everything[2]
+    fits = {r["series"]: r for r in doc["power_law"]}
+    assert set(fits) == {f"spatial={s}, shuffle={m}" for s in LAW for m in ("none", "global")}
+    for spatial, (a, b, c) in LAW.items():
+        fit = fits[f"spatial={spatial}, shuffle=none"]["fit"]
+        assert fit["b"]["value"] == pytest.approx(b, abs=0.15)
+        assert fit["c"]["value"] == pytest.approx(c, abs=0.02)
+        for k, true in zip("abc", (a, b, c)):
+            low, high = fit[k]["ci95"]
+            assert low <= fit[k]["value"] <= high
+
+
+def test_fit_power_law_on_exact_data():
+    n = np.array([100, 300, 1000, 3000, 10000, 60000], dtype=float)
+    a, b, c = report.fit_power_law(n, 5.0 * n ** -0.5 + 0.07)
+    assert (a, b, c) == pytest.approx((5.0, 0.5, 0.07), rel=1e-3)
+
+
+def test_shuffle_table_gives_relative_change(everything):
+    doc = everything[2]
+    rows = {(r["series"], r["shuffle"]): r for r in doc["shuffle"]}
+    conv = rows[("conv", "global")]
+    base = np.mean([record("conv", 16000, "none", s)["test_acc"] for s in (0, 1, 2)])
+    shuffled = np.mean([record("conv", 16000, "global", s)["test_acc"] for s in (0, 1, 2)])
+    assert conv["relative_change"] == pytest.approx(shuffled / base - 1)
+    assert rows[("mlp", "global")]["relative_change"] == pytest.approx(0, abs=0.02)
+    assert rows[("mlp", "none")]["relative_change"] is None
+    assert len(rows) == 6, "compared at the largest train size only"
+
+
+def test_tuning_summary_names_each_arms_best_trial(everything):
+    study, _, doc = everything
+    assert [r["arm"] for r in doc["tuning"]] == [f"spatial={s}, train_size=4000, shuffle=none" for s in sorted(LAW)]
+    for row in doc["tuning"]:
+        tune = [t for t in study.trials if t.user_attrs.get("phase") == "tune" and t.state == TrialState.COMPLETE
+                and row["arm"].startswith(f"spatial={t.user_attrs['axes']['spatial']},")]
+        best = max(tune, key=lambda t: t.value)
+        assert row["trials"] == 6 and row["best_trial"] == best.number
+        assert row["params"] == pytest.approx(best.params)
+
+
+def test_a_study_without_an_axis_gets_no_figure_for_it(storage, tmp_path, capsys):
+    """Token-mixer style: one train size, no shuffle, no tuning, one epoch -> only the Pareto views."""
+    study = optuna.create_study(study_name="mixers", storage=storage, direction="maximize")
+    for spatial in LAW:
+        for seed in (0, 1):
+            rec = record(spatial, 60000, "none", seed)
+            rec["history"], rec["epochs"] = rec["history"][-1:], 1
+            study.add_trial(final_trial({"spatial": spatial}, rec))
+    _, doc = run_report(storage, "mixers", tmp_path / "r", "--format", "pdf", capsys=capsys)
+    assert {f["name"] for f in doc["figures"]} == {"pareto_macs", "pareto_throughput"}
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "pareto_macs.pdf", "pareto_throughput.pdf", "report.md", "summary.json", "trials.csv"]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Data scaling" not in md and "## Shuffle" not in md and "[pareto_macs.pdf](pareto_macs.pdf)" in md
+    assert [a["arm"] for a in doc["arms"]] == sorted(LAW)
+
+
+def test_multi_objective_and_no_phase_trials(storage, tmp_path, capsys):
+    study = optuna.create_study(study_name="mo", storage=storage, directions=["maximize", "minimize"])
+    for spatial in LAW:
+        rec = record(spatial, 1000, "none", 0)
+        study.add_trial(create_trial(values=[rec["test_acc"], rec["macs"]], user_attrs={"record": rec}))
+    _, doc = run_report(storage, "mo", tmp_path / "r", capsys=capsys)
+    assert doc["objectives"] == ["value_0", "value_1"] and doc["directions"] == ["maximize", "minimize"]
+    assert doc["axes"] == ["spatial"] and doc["n_final"] == 3  # no arm attribute: the varying record field
+
+
+def test_empty_study_still_reports(storage, tmp_path, capsys):
+    optuna.create_study(study_name="empty", storage=storage)
+    code, doc = run_report(storage, "empty", tmp_path / "r", capsys=capsys)
+    assert code == 0 and doc["n_trials"] == 0 and doc["figures"] == []
+    assert "No complete final trials yet" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_dominated_points():
+    acc = np.array([0.90, 0.85, 0.80, 0.91])
+    cost = np.array([2.0, 1.0, 1.5, 3.0])
+    assert report.dominated(acc, cost).tolist() == [False, False, True, False]
+
+
+def test_unknown_study_lists_the_studies(storage, tmp_path, capsys):
+    optuna.create_study(study_name="alpha", storage=storage)
+    code = cli.main(["report", "--study", "beta", "--storage", storage, "-o", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "'beta'" in err and "alpha" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_sqlite_file_is_not_created(tmp_path, capsys):
+    path = tmp_path / "nope.db"
+    code = cli.main(["report", "--study", "x", "--storage", f"sqlite:///{path}"])
+    assert code == 2 and "no such file" in capsys.readouterr().err
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg2://nobody@127.0.0.1:1/ablate",  # no server there
+                                 "postgresql://nobody@127.0.0.1:1/ablate",  # SQLAlchemy 2.1 wants psycopg 3 here
+                                 "nosuchdriver://x/y"])
+def test_unreachable_storage_exits_2(url, tmp_path, capsys):
+    code = cli.main(["report", "--study", "x", "--storage", url, "-o", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "storage" in err
+
+
+def test_bad_format_exits_2(storage, capsys):
+    code = cli.main(["report", "--study", "x", "--storage", storage, "--format", "png,gif"])
+    assert code == 2 and "valid: png, svg, pdf" in capsys.readouterr().err
+
+
+def test_password_is_hidden():
+    assert "secret" not in report.shown("postgresql://me:secret@db.example/ablate")
+
+
+def test_scaling_without_bootstrap_reports_the_fit_alone(storage, tmp_path, capsys):
+    study = optuna.create_study(study_name="scale", storage=storage, direction="maximize")
+    for size in (500, 2000, 8000):
+        rec = record("mlp", size, "none", 0)
+        rec["history"] = rec["history"][-1:]
+        study.add_trial(final_trial({"spatial": "mlp", "train_size": size}, rec))
+    code = cli.main(["report", "--study", "scale", "--storage", storage, "-o", str(tmp_path / "r"), "--bootstrap", "0",
+                     "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and [f["name"] for f in doc["figures"]] == ["scaling"]
+    fit = doc["power_law"][0]["fit"]
+    assert fit["b"]["value"] > 0 and fit["b"]["ci95"] == [None, None]
+    assert "| mlp | 3 | 3 |" in (tmp_path / "r" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_report_reads_what_ablate_study_writes(tmp_path, capsys, monkeypatch):
+    """The contract with `ablate study`: its trials' arm, axes, phase and record attributes group into arms."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    file = tmp_path / "grid.toml"
+    file.write_text('[study]\nname = "grid"\nseeds = [0, 1]\n'
+                    '[run]\ndataset = "synthetic"\ntrain_size = 200\nbatch_size = 50\nepochs = 2\nlr = 1e-2\n'
+                    'warmup_epochs = 0\naugment = false\nmodel_options = { depths = [1], dims = [16] }\n'
+                    '[arms]\nspatial = ["conv", "mlp"]\nchannel = ["mlp"]\n')
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert cli.main(["study", str(file), "--storage", url, "--out", str(tmp_path / "runs"), "--json"]) == 0
+    capsys.readouterr()
+    code, doc = run_report(url, "grid", tmp_path / "r", capsys=capsys)
+    assert code == 0 and doc["axes"] == ["spatial"]
+    trials = optuna.load_study(study_name="grid", storage=url).trials
+    for arm in doc["arms"]:
+        accs = [t.user_attrs["record"]["test_acc"] for t in trials if t.user_attrs["axes"]["spatial"] == arm["arm"]]
+        assert arm["n"] == 2 and arm["seeds"] == [0, 1]
+        assert arm["test_acc_mean"] == pytest.approx(np.mean(accs))
+    assert {f["name"] for f in doc["figures"]} == {"pareto_macs", "pareto_throughput", "curves"}
+
+
+@pytest.mark.parametrize("prefix", ["", "journal:"])
+def test_journal_file_storage(tmp_path, capsys, prefix):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    path = tmp_path / "study.log"
+    study = optuna.create_study(study_name="j", storage=JournalStorage(JournalFileBackend(str(path))))
+    rec = record("conv", 1000, "none", 0)
+    rec["history"] = rec["history"][-1:]
+    study.add_trial(final_trial({"spatial": "conv"}, rec))
+    code, doc = run_report(prefix + str(path), "j", tmp_path / "r", capsys=capsys)
+    assert code == 0 and doc["n_final"] == 1 and doc["arms"][0]["test_acc_mean"] == pytest.approx(rec["test_acc"])

@@ -1,0 +1,359 @@
+"""`ablate study`: grids of arms x seeds, tuning then final runs, pruning, resume after SIGKILL, several workers,
+and exit 2 for bad experiment files and storages. Tiny models on synthetic data, one core."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from ablate import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RUN = """
+[run]
+dataset = "synthetic"
+train_size = {train_size}
+batch_size = 50
+epochs = {epochs}
+{lr}warmup_epochs = 0
+augment = false
+model_options = {{ depths = [1], dims = [16] }}
+"""
+
+
+def experiment(tmp_path: Path, study: str, rest: str = "", epochs: int = 1, train_size: int = 500,
+               lr: bool = True) -> Path:
+    """An experiment file with a tiny [run] (lr left out where [search] tunes it)."""
+    path = tmp_path / "exp.toml"
+    path.write_text(study + TINY_RUN.format(epochs=epochs, train_size=train_size, lr="lr = 1e-2\n" if lr else "") + rest)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_core():
+    """Tiny models train much faster on one thread than on two contended ones."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    yield
+    os.sched_setaffinity(0, cores)
+
+
+def study(capsys, *args: str) -> tuple[int, dict | None, str]:
+    rc = cli.main(["study", *args, "--json"])
+    out = capsys.readouterr()
+    return rc, (json.loads(out.out) if rc == 0 else None), out.err
+
+
+def trials(name: str, url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).trials
+
+
+def complete_per_cell(ts) -> Counter:
+    return Counter(t.user_attrs["cell"] for t in ts if t.state == TrialState.COMPLETE)
+
+
+GRID = """
+[study]
+name = "grid"
+seeds = [0, 1]
+[arms]
+spatial = ["conv", "mlp"]
+"""
+
+
+def test_grid_study_runs_every_cell_once_and_resumes(tmp_path, capsys):
+    file, url, out = experiment(tmp_path, GRID), f"sqlite:///{tmp_path}/s.db", tmp_path / "runs"
+    rc, doc, err = study(capsys, str(file), "--storage", url, "--out", str(out))
+    assert rc == 0, err
+    assert doc["cells"] == {"total": 4, "done": 4, "running": 0} and doc["duplicates"] == 0
+    assert [a["arm"] for a in doc["arms"]] == ["spatial=conv", "spatial=mlp"]
+    assert all(a["seeds_done"] == 2 and 0 <= a["mean"]["test_acc"] <= 1 for a in doc["arms"])
+    ts = trials("grid", url)
+    assert len(ts) == 4 and all(t.state == TrialState.COMPLETE for t in ts)
+    assert {(t.user_attrs["arm"], t.user_attrs["seed"], t.user_attrs["phase"]) for t in ts} == {
+        (f"spatial={s}", seed, "final") for s in ("conv", "mlp") for seed in (0, 1)}
+    for t in ts:  # the storage alone holds each run's record
+        record = t.user_attrs["record"]
+        assert record["spatial"] == t.user_attrs["axes"]["spatial"] and record["seed"] == t.user_attrs["seed"]
+        assert t.value == record["test_acc"] and record["status"] == "done" and len(record["history"]) == 1
+    run_dirs = sorted(out.glob("grid/*/*/*/record.json"))
+    assert len(run_dirs) == 4
+
+    rc, again, err = study(capsys, str(file), "--storage", url, "--out", str(out))
+    assert rc == 0, err
+    assert len(trials("grid", url)) == 4 and sorted(out.glob("grid/*/*/*/record.json")) == run_dirs
+    assert again["arms"] == doc["arms"]
+
+    file.write_text(file.read_text().replace("epochs = 1", "epochs = 2"))  # same name, different experiment
+    rc, _, err = study(capsys, str(file), "--storage", url, "--out", str(out))
+    assert rc == 2 and "different experiment" in err and "run" in err
+
+
+def test_tuning_then_final_runs_with_the_best_values(tmp_path, capsys):
+    file = experiment(tmp_path, """
+[study]
+name = "tuned"
+sampler = "random"
+trials_per_arm = 2
+seeds = [0, 1]
+[arms]
+spatial = ["conv", "pool"]
+""", "[search]\nlr = { choices = [1e-2, 3e-3] }\nweight_decay = { low = 1e-4, high = 0.1, log = true }\n", lr=False)
+    url = f"sqlite:///{tmp_path}/s.db"
+    rc, doc, err = study(capsys, str(file), "--storage", url, "--out", str(tmp_path / "runs"))
+    assert rc == 0, err
+    assert doc["cells"]["done"] == doc["cells"]["total"] == 2 * (2 + 2)
+    ts = trials("tuned", url)
+    assert len(ts) == 8 and all(t.state == TrialState.COMPLETE for t in ts)
+    for arm in ("spatial=conv", "spatial=pool"):
+        tune = [t for t in ts if t.user_attrs["arm"] == arm and t.user_attrs["phase"] == "tune"]
+        final = [t for t in ts if t.user_attrs["arm"] == arm and t.user_attrs["phase"] == "final"]
+        assert len(tune) == 2 and {t.user_attrs["seed"] for t in tune} == {0}
+        assert all(1e-4 <= t.params["weight_decay"] <= 0.1 and t.params["lr"] in (1e-2, 3e-3) for t in tune)
+        best = max(tune, key=lambda t: (t.value, -t.number))
+        assert sorted(t.user_attrs["seed"] for t in final) == [0, 1]
+        for t in final:  # the final runs use exactly the winning values, and the runs really had them
+            assert t.params == best.params and t.user_attrs["best_of"] == best.number
+            assert t.user_attrs["record"]["config"]["weight_decay"] == best.params["weight_decay"]
+        row = next(a for a in doc["arms"] if a["arm"] == arm)
+        assert row["best_params"] == best.params and row["tune"]["complete"] == 2
+
+
+def test_pruner_prunes_a_tuning_trial(tmp_path, capsys):
+    file = experiment(tmp_path, """
+[study]
+name = "pruned"
+metric = "test_loss"
+sampler = "grid"
+pruner = "median"
+pruner_options = { n_startup_trials = 1 }
+""", "[search]\nlr = { choices = [1e-2, 1e-7] }\n", epochs=2, lr=False)
+    url = f"sqlite:///{tmp_path}/s.db"
+    rc, doc, err = study(capsys, str(file), "--storage", url, "--out", str(tmp_path / "runs"))
+    assert rc == 0, err
+    ts = {t.user_attrs["cell"]: t for t in trials("pruned", url)}
+    good, bad, final = ts["base|tune|0"], ts["base|tune|1"], ts["base|final|seed=0"]
+    assert good.state == TrialState.COMPLETE and sorted(good.intermediate_values) == [1, 2]
+    # lr 1e-7 learns nothing: worse than the completed trial after epoch 1, so it stops there
+    assert bad.state == TrialState.PRUNED and sorted(bad.intermediate_values) == [1]
+    assert bad.user_attrs["record"]["status"] == "running" and len(bad.user_attrs["record"]["history"]) == 1
+    assert final.state == TrialState.COMPLETE and final.params == {"lr": 1e-2}  # never pruned
+    assert doc["arms"][0]["tune"] == {"complete": 1, "pruned": 1, "fail": 0}
+
+
+def test_multi_objective_reports_the_pareto_front(tmp_path, capsys):
+    file = experiment(tmp_path, """
+[study]
+name = "pareto"
+metric = ["test_acc", "macs"]
+[arms]
+spatial = ["conv", "mlp", "identity"]
+""")
+    url = f"sqlite:///{tmp_path}/s.db"
+    rc, doc, err = study(capsys, str(file), "--storage", url, "--out", str(tmp_path / "runs"))
+    assert rc == 0, err
+    assert doc["direction"] == ["maximize", "minimize"]
+    ts = trials("pareto", url)
+    front = doc["pareto_front"]
+    assert front and {f["number"] for f in front} <= {t.number for t in ts}
+
+    def dominates(a, b):
+        return a.values[0] >= b.values[0] and a.values[1] <= b.values[1] and a.values != b.values
+    on_front = {f["number"] for f in front}
+    for t in ts:  # the front is exactly the set of trials nothing else dominates
+        assert (t.number in on_front) == (not any(dominates(o, t) for o in ts))
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_sigkilled_worker_loses_and_duplicates_nothing(tmp_path, capsys):
+    file = experiment(tmp_path, '[study]\nname = "killed"\nseeds = [0, 1]\n', epochs=8, train_size=1000)
+    url, out = f"sqlite:///{tmp_path}/s.db", tmp_path / "runs"
+    args = [str(file), "--storage", url, "--out", str(out), "--heartbeat", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "ablate", "study", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+    def mid_trial():
+        try:
+            ts = trials("killed", url)
+        except KeyError:  # the study is not created yet
+            return None
+        return next((t for t in ts if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2), None)
+    try:
+        victim = wait_for(mid_trial, 120, "a trial two epochs in")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    cell_dir = out / "killed" / "base" / f"final-seed{victim.user_attrs['seed']}"
+    (run_dir,) = [p.parent for p in cell_dir.glob("*/checkpoint.pt")]
+
+    rc, doc, err = study(capsys, *args)
+    assert rc == 0, err
+    assert doc["cells"] == {"total": 2, "done": 2, "running": 0} and doc["duplicates"] == 0
+    ts = trials("killed", url)
+    assert complete_per_cell(ts) == {"base|final|seed=0": 1, "base|final|seed=1": 1}
+    assert next(t for t in ts if t.number == victim.number).state == TrialState.FAIL  # failed by its heartbeat
+    retry = next(t for t in ts if t.user_attrs["cell"] == victim.user_attrs["cell"] and t.state == TrialState.COMPLETE)
+    record = retry.user_attrs["record"]
+    assert record["run_dir"] == str(run_dir) and len(record["history"]) == 8  # continued the killed run's checkpoint
+    assert [p.parent for p in cell_dir.glob("*/record.json")] == [run_dir]
+    assert "resuming" in err
+
+
+def test_workers_share_a_journal_file(tmp_path, capfd):
+    file = experiment(tmp_path, '[study]\nname = "pair"\nseeds = [0, 1]\n[arms]\nspatial = ["conv", "pool"]\n')
+    journal, out = tmp_path / "study.log", tmp_path / "runs"
+    rc = cli.main(["study", str(file), "--storage", str(journal), "--workers", "2", "--out", str(out), "--json"])
+    stdout, stderr = capfd.readouterr()  # fd-level: the spawned worker's stderr too
+    assert rc == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["cells"]["done"] == 4 and doc["duplicates"] == 0
+    ts = trials("pair", optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert complete_per_cell(ts) == {f"spatial={s}|final|seed={i}": 1 for s in ("conv", "pool") for i in (0, 1)}
+    assert len(list(out.glob("pair/*/*/*/record.json"))) == 4  # and every cell trained once
+    started = [line.split(": ")[2].split()[0] for line in stderr.splitlines() if ": trial " in line]
+    assert sorted(started) == sorted(complete_per_cell(ts))  # no worker started a cell another one ran
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[study]\nsedes = [0]\n', "unknown [study] key 'sedes'; valid: name, metric"),
+    ('[study]\nmetric = "accuracy"\n', "[study].metric = 'accuracy' is not one of: test_acc"),
+    ('[study]\nseeds = [0, "1"]\n', "[study].seeds must be a whole number, got '1'"),
+    ('[study]\npruner = "median"\n', "[study].pruner = \"median\" needs a [search] section"),
+    ('[run]\nepochs = "two"\n', "[run].epochs must be a whole number, got 'two'"),
+    ('[run]\nlearning_rate = 0.1\n', "unknown run option 'learning_rate'; valid: spatial, channel"),
+    ('[run]\nseed = 1\n', "unknown run option 'seed' (set by [study].seeds)"),
+    ('[run]\nmodel_options = { depth = 3 }\n', "unknown backbone option 'depth'"),
+    ('[arms]\nspatial = ["attention", "transformer"]\n', "[arms].spatial = 'transformer' is not one of: attention"),
+    ('[arms]\nspatial = "mlp"\n[run]\nspatial = "mlp"\n', "spatial is set both in [run] and by [arms].spatial"),
+    ('[search]\nlr = { low = 1e-4, hi = 1e-2 }\n', "unknown [search].lr key 'hi'; valid: low, high, log, step"),
+    ('[study]\nsampler = "grid"\n[search]\nlr = { low = 1e-4, high = 1e-2 }\n', "[search].lr: sampler \"grid\" needs"),
+    ('[study]\ntrials_per_arm = 2\n', "[study].trials_per_arm needs a [search] section"),
+    ('[arms]\ndata = [{ train_size = 100 }, { epochs = 2 }]\n', "[arms].data: every table of a linked axis must set"),
+    ('[arms]\ndata = [1, 2]\n', "[arms].data: unknown run option 'data'"),
+    ('[arms]\nepochs = [1, 2]\ndata = [{ epochs = 3 }]\n', "epochs is set both in [arms].epochs and by [arms].data"),
+    ('[extra]\nx = 1\n', "unknown section 'extra'; valid: study, run, arms, search"),
+    ('[study\n', "is not valid TOML"),
+])
+def test_bad_experiment_file_exits_2_naming_the_key(tmp_path, capsys, text, message):
+    file = tmp_path / "bad.toml"
+    file.write_text(text)
+    rc, _, err = study(capsys, str(file), "--storage", f"sqlite:///{tmp_path}/s.db")
+    assert rc == 2 and message in err, err
+    assert "Traceback" not in err
+
+
+def test_linked_axis_sets_several_options_per_arm(tmp_path):
+    from ablate import experiment as experiment_file
+    file = tmp_path / "scaling.toml"
+    file.write_text('[run]\ndataset = "synthetic"\n[arms]\nspatial = ["conv", "mlp"]\n'
+                    'data = [{ train_size = 200, epochs = 4 }, { train_size = 400, epochs = 2 }]\n')
+    exp = experiment_file.load(file)
+    assert [a.axes for a in exp.arms] == [{"spatial": s, "train_size": n, "epochs": e} for s in ("conv", "mlp")
+                                          for n, e in ((200, 4), (400, 2))]
+    assert exp.arms[0].label == "spatial=conv,train_size=200,epochs=4" and exp.name == "scaling"
+    assert exp.fields == {"spatial": ["conv", "mlp"], "train_size": [200, 400], "epochs": [4, 2]}
+
+
+def test_missing_experiment_file_exits_2(tmp_path, capsys):
+    rc, _, err = study(capsys, str(tmp_path / "nope.toml"))
+    assert rc == 2 and "nope.toml does not exist" in err
+
+
+@pytest.mark.parametrize("url, message", [
+    ("nosuchdb://host/db", "cannot open storage nosuchdb://host/db"),
+    ("ablate.db", "is not a storage; valid: sqlite:///FILE"),
+    ("postgresql://nobody:secret@127.0.0.1:1/db", "cannot open storage postgresql://nobody:***@127.0.0.1:1/db:"
+                                                  " connection to server at \"127.0.0.1\", port 1 failed"),
+    ("journal:/no/such/folder/study.log", "folder /no/such/folder does not exist"),
+])
+def test_bad_storage_exits_2(tmp_path, capsys, url, message):
+    file = experiment(tmp_path, '[study]\nname = "x"\n')
+    rc, _, err = study(capsys, str(file), "--storage", url, "--out", str(tmp_path / "runs"))
+    assert rc == 2 and message in err, err
+    assert "secret" not in err and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_racing_workers_never_run_a_cell_twice(tmp_path, monkeypatch, kind):
+    """Six workers start at once on twelve cells (training replaced by a short sleep): each cell runs once."""
+    from ablate import experiment as experiment_file
+    from ablate import study as study_module
+    exp = experiment_file.load(experiment(tmp_path, '[study]\nname = "race"\nseeds = [0, 1, 2]\n'
+                                                    '[arms]\nspatial = ["conv", "pool", "mlp", "identity"]\n'))
+    url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal:{tmp_path}/s.log"
+    ran, lock = [], threading.Lock()
+
+    def fake_run(cfg, resume=False, quiet=False, on_epoch=None):
+        with lock:
+            ran.append((cfg.spatial, cfg.seed))
+        time.sleep(0.05)
+        return {"test_acc": 0.5, "spatial": cfg.spatial, "seed": cfg.seed}
+    monkeypatch.setattr(study_module.train, "run", fake_run)
+    study_module.open_study(exp, study_module.open_storage(url, heartbeat=1))
+    barrier = threading.Barrier(6)
+
+    def worker(i):
+        storage = study_module.open_storage(url, heartbeat=1)
+        barrier.wait()
+        study_module.work(exp, storage, tmp_path / "runs", 1, f"worker {i}")
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert Counter(ran) == {(s, seed): 1 for s in ("conv", "pool", "mlp", "identity") for seed in (0, 1, 2)}
+    ts = trials("race", study_module.open_storage(url, heartbeat=1))
+    assert complete_per_cell(ts) == {f"spatial={s}|final|seed={seed}": 1 for s, seed in ran}
+    assert all(t.state == TrialState.COMPLETE or t.user_attrs.get("lost_claim") for t in ts)
+
+
+def test_journal_heartbeat_fails_only_stale_trials(tmp_path):
+    """Journal files have no optuna heartbeat: ablate's own beat attribute tells a dead worker's trial."""
+    from ablate import study as study_module
+    storage = study_module.open_storage(f"journal:{tmp_path}/s.log", heartbeat=1)
+    study = optuna.create_study(study_name="j", storage=storage)
+    dead, alive = (storage.create_new_trial(study._study_id) for _ in range(2))
+    storage.set_trial_system_attr(dead, study_module.HEARTBEAT_ATTR, time.time() - 10)
+    with study_module.Heartbeat(storage, alive, interval=1):
+        study_module.fail_stale(study, grace=2)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_experiment_files_parse_and_name_their_command(path):
+    from ablate import experiment as experiment_file
+    exp = experiment_file.load(path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == f"# Command: python -m ablate study experiments/{path.name}"
+    assert lines[1].startswith("# Result: ")
+    assert len(exp.seeds) >= 3 and len(exp.arms) >= 3
+
+
+def test_shipped_experiments_meet_the_minimum_sizes():
+    from ablate import experiment as experiment_file
+    load = {p.stem: experiment_file.load(p) for p in (ROOT / "experiments").glob("*.toml")}
+    sizes = load["data_scaling"].fields["train_size"]
+    assert len(sizes) >= 6 and min(sizes) <= 1000 and max(sizes) == 60000
+    assert set(load["data_scaling"].fields["spatial"]) == {"attention", "mlp", "conv"}
+    shuffle = load["shuffle"]
+    assert shuffle.fields == {"spatial": ["attention", "mlp", "conv"], "shuffle": ["none", "patch", "global"]}
+    assert "train_size" not in shuffle.run  # the full training set
+    assert set(load["token_mixers"].fields["spatial"]) == {"identity", "random", "pool", "conv", "mlp", "attention"}
+    assert load["fair_tuning"].search and load["fair_tuning"].trials_per_arm > 0
