@@ -6,7 +6,7 @@ import sys
 
 import blocks
 
-from . import data, train
+from . import data, distributed, train
 from .errors import RunFailed, UsageError
 
 COMMANDS = ("run", "profile", "study", "report", "list")
@@ -57,6 +57,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--match-to", default=None, metavar="SPATIAL", help="the spatial mixer whose budget --match hits")
     p.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(data.DATASETS)}")
     p.add_argument("--data-dir", default=None, help="folder to look in first for the dataset files")
+    p.add_argument("--img-size", type=positive_int, default=None,
+                   help="imagefolder datasets: resize and centre-crop images to this square (default: the first's)")
     p.add_argument("--train-size", type=positive_int, default=None,
                    help="stratified subset of the training set (nested across sizes for one seed)")
     p.add_argument("--epochs", type=positive_int, default=d.epochs)
@@ -85,6 +87,8 @@ def run_config(args: argparse.Namespace) -> train.RunConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     record = train.run(run_config(args), resume=args.resume, quiet=args.json)
+    if not distributed.context().main:  # under torchrun, rank 0 speaks for the job
+        return 0
     if args.json:
         print(json.dumps(record))
     else:

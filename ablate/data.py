@@ -1,5 +1,5 @@
-"""Datasets held in memory as uint8 tensors, nested stratified subsets, fixed pixel shuffles,
-and batched augmentation on tensors (no per-image Python)."""
+"""Datasets held in memory as uint8 tensors (image folders stream from disk: stream.py), nested stratified
+subsets, fixed pixel shuffles, and batched augmentation on tensors (no per-image Python)."""
 import gzip
 import hashlib
 import os
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torchvision import datasets as tv
 
+from . import distributed
 from .errors import DataError
 
 IDX_FILES = {  # split -> (images, labels), the file names every MNIST-format mirror uses
@@ -53,13 +54,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ablate"
 
 
-def load(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
+def load(name: str, data_dir: str | None = None, download: bool = True, img_size: int | None = None):
+    """A Dataset in memory, or for `imagefolder:<path>` a stream.FolderDataset read from disk batch by batch."""
+    if name.startswith("imagefolder:"):
+        from .stream import load_folder
+        return load_folder(Path(name.split(":", 1)[1]), img_size)
+    if img_size is not None:
+        raise DataError(f"--img-size applies to imagefolder:<path> datasets; {name} images keep their size")
     if name in IDX_SOURCES:
         return load_idx(name, data_dir, download)
     if name in CIFAR:
         return load_cifar(name, data_dir, download)
-    if name.startswith("imagefolder:"):
-        return load_imagefolder(Path(name.split(":", 1)[1]))
     if name == "synthetic":
         return synthetic()
     raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
@@ -152,38 +157,6 @@ def load_cifar(name: str, data_dir: str | None, download: bool) -> Dataset:
                    num_classes=len(train.classes))
 
 
-def load_imagefolder(root: Path) -> Dataset:
-    """`root/train/<class>/*.png` and `root/val/<class>/*` (or test/), loaded into memory at the first image's size."""
-    splits = [root / "train", next((root / s for s in ("val", "test") if (root / s).is_dir()), root / "val")]
-    for split in splits:
-        if not split.is_dir():
-            raise DataError(f"imagefolder: {split} is not a folder; expected {root}/train/<class>/ and "
-                            f"{root}/val/<class>/ (or test/)")
-    try:
-        train, test = (tv.ImageFolder(str(s)) for s in splits)
-    except (FileNotFoundError, OSError) as e:
-        raise DataError(f"imagefolder: {e}") from None
-    if train.classes != test.classes:
-        raise DataError(f"imagefolder: train classes {train.classes} differ from {splits[1].name} classes {test.classes}")
-    from torchvision.transforms.functional import pil_to_tensor, resize
-    size = None
-
-    def stack(folder):
-        nonlocal size
-        images = []
-        for path, _ in folder.samples:
-            try:
-                img = pil_to_tensor(folder.loader(path))
-            except OSError as e:
-                raise DataError(f"imagefolder: cannot read {path}: {e}") from None
-            size = size or tuple(img.shape[1:])
-            images.append(resize(img, list(size), antialias=True) if tuple(img.shape[1:]) != size else img)
-        return torch.stack(images), torch.tensor(folder.targets)
-
-    (train_x, train_y), (test_x, test_y) = stack(train), stack(test)
-    return Dataset(f"imagefolder:{root}", train_x, train_y, test_x, test_y, num_classes=len(train.classes))
-
-
 def synthetic(n_train: int = 2000, n_test: int = 500, shape=(1, 28, 28), num_classes: int = 10) -> Dataset:
     """Learnable fake data for tests: each class is a fixed random template plus noise."""
     g = torch.Generator().manual_seed(0)
@@ -253,17 +226,42 @@ def apply_permutation(x: torch.Tensor, perm: torch.Tensor | None) -> torch.Tenso
 def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding and random horizontal flip for a whole batch (B, C, H, W) at once."""
     B, C, H, W = x.shape
+    dev = x.device  # the draws come from a CPU generator (saved in checkpoints); the indexing runs where x is
     if pad:
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (B, 1), generator=generator)
-        dx = torch.randint(0, 2 * pad + 1, (B, 1), generator=generator)
-        rows = (dy + torch.arange(H))[:, None, :, None]  # (B, 1, H, 1)
-        cols = (dx + torch.arange(W))[:, None, None, :]  # (B, 1, 1, W)
-        x = padded[torch.arange(B)[:, None, None, None], torch.arange(C)[None, :, None, None], rows, cols]
+        dy = torch.randint(0, 2 * pad + 1, (B, 1), generator=generator).to(dev)
+        dx = torch.randint(0, 2 * pad + 1, (B, 1), generator=generator).to(dev)
+        rows = (dy + torch.arange(H, device=dev))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx + torch.arange(W, device=dev))[:, None, None, :]  # (B, 1, 1, W)
+        x = padded[torch.arange(B, device=dev)[:, None, None, None], torch.arange(C, device=dev)[None, :, None, None],
+                   rows, cols]
     if flip:
-        mask = torch.rand(B, generator=generator) < 0.5
+        mask = (torch.rand(B, generator=generator) < 0.5).to(dev)
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     return x
+
+
+def prepare(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, perm: torch.Tensor | None, pad: int = 0,
+            flip: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uint8 batch (B, C, H, W) -> the model's input: in [0, 1], augmented (given a generator), normalized,
+    pixel-shuffled. In-memory and streamed datasets share it, so both see the same transform."""
+    x = x.float().div_(255)
+    if generator is not None:
+        x = augment(x, pad, flip, generator)
+    return apply_permutation((x - mean) / std, perm)
+
+
+def epoch_order(n: int, epoch: int, seed: int, train: bool, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's positions for one epoch: a permutation drawn from (seed, epoch) when training, so a resumed
+    run sees the same order, sharded over the ranks of a distributed job (distributed.shard)."""
+    order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)) if train
+             else torch.arange(n))
+    return distributed.shard(order, rank, world, even=train)
+
+
+def augment_generator(seed: int, rank: int = 0) -> torch.Generator:
+    """Augmentation randomness, saved in checkpoints; every rank of a distributed job draws its own."""
+    return torch.Generator().manual_seed(seed + 1 + 1_000_003 * rank)
 
 
 class Batches:
@@ -279,21 +277,15 @@ class Batches:
         self.mean, self.std, self.perm = mean, std, perm
         self.train, self.pad, self.flip, self.seed = train, pad, flip, seed
         self.rank, self.world = rank, world
-        self.generator = torch.Generator().manual_seed(seed + 1)  # augmentation randomness, saved in checkpoints
+        self.generator = augment_generator(seed, rank)
 
     def __len__(self) -> int:
-        n = len(self.x) // self.world
+        n = distributed.shard_size(len(self.x), self.rank, self.world, even=self.train)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def epoch(self, epoch: int):
-        n = len(self.x)
-        order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
-                 if self.train else torch.arange(n))
-        order = order[self.rank::self.world][: n // self.world] if self.world > 1 else order
+        order = epoch_order(len(self.x), epoch, self.seed, self.train, self.rank, self.world)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.x[idx].float().div_(255)
-            if self.train:
-                x = augment(x, self.pad, self.flip, self.generator)
-            x = apply_permutation((x - self.mean) / self.std, self.perm)
-            yield x, self.y[idx]
+            yield prepare(self.x[idx], self.mean, self.std, self.perm, self.pad, self.flip,
+                          self.generator if self.train else None), self.y[idx]

@@ -60,12 +60,14 @@ def channel_ratio(cfg: blocks.MetaFormerConfig, channel: str) -> float:
     """The channel mixer's hidden ratio in `cfg`: its option if set, else the mixer's default."""
     params = inspect.signature(blocks.CHANNEL[channel]).parameters
     if "ratio" not in params:
+        tunable = [n for n, c in blocks.CHANNEL.items() if "ratio" in inspect.signature(c).parameters]
         raise UsageError(f"budget matching tunes the channel mixer's `ratio`; {channel!r} has none "
-                         f"(valid: {', '.join(n for n, c in blocks.CHANNEL.items() if 'ratio' in inspect.signature(c).parameters)})")
+                         f"(valid: {', '.join(tunable)})")
     return cfg.channel_options.get(channel, {}).get("ratio", params["ratio"].default)
 
 
-def with_size(cfg: blocks.MetaFormerConfig, channel: str, dims: tuple[int, ...], ratio: float) -> blocks.MetaFormerConfig:
+def with_size(cfg: blocks.MetaFormerConfig, channel: str, dims: tuple[int, ...],
+              ratio: float) -> blocks.MetaFormerConfig:
     options = {**cfg.channel_options, channel: {**cfg.channel_options.get(channel, {}), "ratio": ratio}}
     return replace(cfg, dims=dims, channel_options=options)
 

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import multiprocessing
+import multiprocessing.forkserver
 import resource
 import statistics
 import sys
@@ -25,10 +26,6 @@ import blocks
 
 from .errors import UsageError
 from .io import write_json
-
-ROW_KEYS = ("spatial", "channel", "preset", "img_size", "tokens", "params", "params_frozen", "macs", "train_img_s",
-            "infer_img_s", "peak_mem_mb", "mfu")
-
 
 # -- params and MACs ------------------------------------------------------------------------------------------------
 
@@ -136,7 +133,8 @@ def preset_costs(cfg: blocks.MetaFormerConfig) -> dict:
 def preset_table() -> list[dict]:
     """One row per preset as built without overrides: shape, image size, params and MACs."""
     return [{"preset": name, "shape": "isotropic" if len(cfg.depths) == 1 else "hierarchical",
-             "img_size": cfg.img_size, "spatial": cfg.spatial if isinstance(cfg.spatial, str) else ",".join(cfg.spatial),
+             "img_size": cfg.img_size,
+             "spatial": cfg.spatial if isinstance(cfg.spatial, str) else ",".join(cfg.spatial),
              **preset_costs(cfg)} for name, cfg in blocks.PRESETS.items()]
 
 
@@ -226,23 +224,30 @@ def matmul_flops(device_name: str) -> float:
     return 2 * n ** 3 / best
 
 
-def memory_child(preset: str, overrides: dict, batch_size: int, steps: int, threads: int) -> tuple[int, int]:
-    """In a fresh process: (peak RSS in KiB after imports, peak RSS after `steps` training steps)."""
-    torch.set_num_threads(threads)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model = blocks.create(preset, **overrides)
-    step = train_step(model, *batch(model.cfg, batch_size, torch.device("cpu")))
-    for _ in range(steps):
-        step()
-    return base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def memory_child(conn, preset: str, overrides: dict, batch_size: int, steps: int, threads: int) -> None:
+    """In a fresh process: sends (peak RSS in KiB after imports, peak RSS after `steps` training steps)."""
+    try:
+        torch.set_num_threads(threads)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        model = blocks.create(preset, **overrides)
+        step = train_step(model, *batch(model.cfg, batch_size, torch.device("cpu")))
+        for _ in range(steps):
+            step()
+        conn.send((base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    except Exception as e:  # the parent built and ran this model already, so this is unexpected: pass it on
+        conn.send(repr(e))
+
+
+PRELOAD = ["torch", "blocks", "timm.optim", "ablate.profile"]
 
 
 @functools.cache
 def forkserver() -> multiprocessing.context.BaseContext:
-    """Children forked from a server that has imported torch and blocks (and done no work): each starts in
-    milliseconds with a fresh RSS high-water mark, unlike a fork of this process."""
+    """Children forked from a server that has imported torch and blocks and done no work: each starts fast and
+    with a fresh RSS high-water mark, unlike a fork of this process. (As with any multiprocessing start method
+    but fork, a script calling this needs the `if __name__ == "__main__":` guard.)"""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "blocks", "timm.optim", "ablate.profile"])
+    ctx.set_forkserver_preload(PRELOAD)
     return ctx
 
 
@@ -250,8 +255,21 @@ def cpu_peak_memory_mb(preset: str, overrides: dict, batch_size: int, steps: int
     """Peak RSS growth of a child process that builds the model and runs `steps` training steps on CPU:
     parameters, gradients, AdamW state, activations, and what the allocator and math libraries keep around."""
     from .train import usable_cores
-    with forkserver().Pool(1) as pool:
-        base, peak = pool.apply(memory_child, (preset, overrides, batch_size, steps, usable_cores()))
+    ctx = forkserver()
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=memory_child, args=(send, preset, overrides, batch_size, steps, usable_cores()))
+    child.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:  # died without a word: killed (out of memory?) or crashed
+        result = None
+    child.join()
+    result = f"it exited with code {child.exitcode}" if result is None else result
+    if isinstance(result, str):
+        raise RuntimeError(f"measuring the training memory of {preset} {overrides} in a child process failed: "
+                           f"{result}")
+    base, peak = result
     return (peak - base) / 1024  # ru_maxrss is in KiB on Linux
 
 
@@ -282,7 +300,7 @@ def profile(args: argparse.Namespace, log) -> dict:
     """The command's JSON document: device, batch size, the peak matmul FLOP/s behind `mfu`, and the rows."""
     from tqdm import tqdm
 
-    from .matching import match_overrides, reference_target
+    from .matching import channel_ratio, match_overrides, reference_target
     from .train import pick_device, usable_cores
     spatials = names(args.spatial, blocks.SPATIAL, "spatial mixer")
     channels = names(args.channel, blocks.CHANNEL, "channel mixer")
@@ -294,6 +312,8 @@ def profile(args: argparse.Namespace, log) -> dict:
     device = pick_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(usable_cores())
+        forkserver()
+        multiprocessing.forkserver.ensure_running()  # it imports torch while this process counts MACs
     peak_flops = matmul_flops(str(device))
     log(f"profile: {device}, peak matmul {peak_flops / 1e9:.1f} GFLOP/s, batch {args.batch_size}")
     jobs = [(p, s, sp, ch) for p in presets for s in img_sizes(args.img_size) for sp in spatials for ch in channels]
@@ -323,7 +343,7 @@ def profile(args: argparse.Namespace, log) -> dict:
                "mfu": round(3 * 2 * macs * speed["train_img_s"] / peak_flops, 5)}
         if args.match:
             row |= {"matched_to": f"{reference}/{channels[0]}", "dims": ",".join(map(str, cfg.dims)),
-                    "ratio": cfg.channel_options.get(channel, {}).get("ratio")}
+                    "ratio": channel_ratio(cfg, channel)}
         log(f"  {preset} {cfg.img_size}px {spatial}/{channel}: {trainable:,} params, {macs / 1e6:.2f} M MACs, "
             f"train {row['train_img_s']:.0f} img/s, infer {row['infer_img_s']:.0f} img/s")
         rows.append(row)

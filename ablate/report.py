@@ -551,7 +551,7 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
     s, b = summary, summary["budget"]
     states = ", ".join(f"{n} {state.lower()}" for state, n in s["trials"].items())
     if s["lost_claims"]:
-        states += f"; {s['lost_claims']} of the failed are lost claims: another worker ran that cell"
+        states += f"; failed includes {s['lost_claims']} lost claim(s): cells another worker ran, not results"
     phases = ", ".join(f"{n} {phase}" for phase, n in s["phases"].items())
     parts = [
         f"# Study `{s['study']}`",

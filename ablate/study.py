@@ -13,7 +13,6 @@ runs again, continuing from the cell's checkpoint.
 """
 import argparse
 import contextlib
-import importlib.util
 import json
 import math
 import multiprocessing
@@ -104,13 +103,6 @@ def masked(url: str) -> str:
         return url
 
 
-def with_driver(url: str) -> str:
-    """postgresql://... with the driver that is installed: SQLAlchemy 2.1 assumes psycopg 3, we ship psycopg2."""
-    if url.startswith("postgresql://") and not importlib.util.find_spec("psycopg") and importlib.util.find_spec("psycopg2"):
-        return "postgresql+psycopg2://" + url.split("://", 1)[1]
-    return url
-
-
 def open_storage(url: str, heartbeat: int) -> BaseStorage:
     """An optuna storage for --storage; anything unusable is a UsageError naming the URL and why."""
     path = journal_path(url)
@@ -129,12 +121,22 @@ def open_storage(url: str, heartbeat: int) -> BaseStorage:
     engine_kwargs = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else
                      {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
                      if url.startswith(("postgresql", "mysql")) else {})
-    try:
-        return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                                          grace_period=2 * heartbeat)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise UsageError(f"cannot open storage {masked(url)}: {reason}") from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                              grace_period=2 * heartbeat)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            if attempt < 2 and creating_tables_at_once(e):
+                time.sleep(random.uniform(0.2, 1.0))
+                continue
+            raise UsageError(f"cannot open storage {masked(url)}: {reason}") from None
+
+
+def creating_tables_at_once(e: Exception) -> bool:
+    """Workers that open a new database together race to create optuna's tables; the losers find them made."""
+    return isinstance(e, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) or (
+        isinstance(e, sqlalchemy.exc.OperationalError) and "already exists" in str(e))
 
 
 def open_study(exp: Experiment, storage: BaseStorage) -> int:

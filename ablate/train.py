@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
 import blocks
 
-from . import __version__, data, matching
+from . import __version__, data, distributed, matching, stream
 from .errors import RunFailed, UsageError
 from .io import save_torch, write_json
 from .profile import count_macs, count_params
@@ -35,10 +36,11 @@ class RunConfig:
     match: str | None = None             # params | macs: resize the model to match_to's budget (ablate.matching)
     match_to: str | None = None          # the reference spatial mixer for `match`
     dataset: str = "fashion-mnist"       # see data.DATASETS
+    img_size: int | None = None          # imagefolder: images resized and centre-cropped to this square; None = first's
     data_dir: str | None = None          # looked at before $ABLATE_DATA, ~/.cache/ablate and the Debian package
     train_size: int | None = None        # stratified, nested subset of the training set; None = all
     epochs: int = 4
-    batch_size: int = 256
+    batch_size: int = 256                # the global batch: under torchrun each of N processes takes batch_size / N
     lr: float = 2e-3                     # peak learning rate after warm-up
     weight_decay: float = 0.05           # AdamW; not applied to norms, biases and embeddings (timm)
     warmup_epochs: float = 0.5           # linear warm-up, then cosine to 1% of lr, stepped every batch
@@ -64,6 +66,24 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda")
     return torch.device(name)
+
+
+def timer(device: torch.device):
+    """Starts a clock; the returned function gives the seconds since. On CUDA the clock is a pair of events on the
+    device's stream, read once the work queued before the second has run."""
+    if device.type != "cuda":
+        start = time.perf_counter()
+        return lambda: time.perf_counter() - start
+    begin = torch.cuda.Event(enable_timing=True)
+    begin.record()
+
+    def stop() -> float:
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1000
+
+    return stop
 
 
 def usable_cores() -> int:
@@ -124,17 +144,29 @@ def prepare_out(out: Path) -> None:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, quiet: bool = False, log=None):
-        self.cfg, self.quiet = cfg, quiet
+        self.device = distributed.device_for(pick_device(cfg.device), distributed.context())
+        self.dist = distributed.setup(self.device)  # under torchrun: joins the job's process group
+        self.cfg, self.quiet = cfg, quiet or not self.dist.main  # other ranks stay quiet
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.device = pick_device(cfg.device)
+        if not self.dist.main:
+            self.log = lambda msg: None
         if self.device.type == "cpu":
-            torch.set_num_threads(usable_cores())
-        self.ds = data.load(cfg.dataset, cfg.data_dir)
+            torch.set_num_threads(max(1, usable_cores() // self.dist.local_world))  # ranks on a node share its cores
+        else:
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN times its kernels once, keeps the fastest
+        batch_size = distributed.per_rank_batch(cfg.batch_size, self.dist.world)
+        self.ds = data.load(cfg.dataset, cfg.data_dir, img_size=cfg.img_size)
         torch.manual_seed(cfg.seed)
         self.model, self.matched = build_matched(cfg, self.ds)
-        self.model.to(self.device)
+        if self.dist.active and self.device.type == "cuda":  # batch statistics over the global batch (GPU only)
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        # NHWC on GPUs: cuDNN's convs (stem, downsampling) prefer it, and the blocks' (B, H, W, C) views are free
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
         self.params, self.params_frozen = count_params(self.model)
         self.macs = count_macs(self.model, self.ds.shape)
+        if self.dist.rank:  # dropout and drop-path draws differ per rank; rank 0 keeps a single process's stream
+            torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         if self.matched:
             self.matched["value"] = self.params if cfg.match == "params" else self.macs
         subset = data.nested_subset(self.ds.train_y, cfg.train_size, cfg.seed)
@@ -142,44 +174,66 @@ class Trainer:
         side = self.ds.shape[1]
         perm = data.pixel_permutation(cfg.shuffle, side, side, self.model.cfg.patch_size, cfg.seed)
         perm = None if perm is None else perm.to(self.device)
-        self.train_batches = data.Batches(
-            self.ds.train_x[subset].to(self.device), self.ds.train_y[subset].to(self.device), cfg.batch_size,
-            mean, std, perm, train=True, pad=side // 16 * 2 if cfg.augment else 0,  # 28 px: 2, 32 px: 4
-            flip=cfg.augment, seed=cfg.seed)
+        aug = dict(train=True, pad=side // 16 * 2 if cfg.augment else 0, flip=cfg.augment)  # 28 px: 2, 32 px: 4
+        common = dict(mean=mean, std=std, perm=perm, seed=cfg.seed, rank=self.dist.rank, world=self.dist.world)
+        if isinstance(self.ds, stream.FolderDataset):  # read from disk per batch; test batches as large as train's
+            self.train_batches = stream.FolderBatches(self.ds.train, subset, batch_size, device=self.device, **aug,
+                                                      **common)
+            self.test_batches = stream.FolderBatches(self.ds.test, torch.arange(len(self.ds.test)), batch_size,
+                                                     device=self.device, **common)
+        else:
+            self.train_batches = data.Batches(self.ds.train_x[subset].to(self.device),
+                                              self.ds.train_y[subset].to(self.device), batch_size, **aug, **common)
+            self.test_batches = data.Batches(self.ds.test_x.to(self.device), self.ds.test_y.to(self.device), 1000,
+                                             **common)
+        self.train_size, self.test_size = len(subset), len(self.ds.test_y)
         if len(self.train_batches) == 0:
             raise UsageError(f"--train-size {len(subset)} is smaller than one batch ({cfg.batch_size}); "
                              f"lower --batch-size")
-        self.test_batches = data.Batches(self.ds.test_x.to(self.device), self.ds.test_y.to(self.device), 1000, mean,
-                                         std, perm)
         self.optimizer = create_optimizer_v2(self.model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps = cfg.epochs * len(self.train_batches)
         self.scheduler = CosineLRScheduler(self.optimizer, t_initial=steps, lr_min=cfg.lr * 0.01,
                                            warmup_t=int(cfg.warmup_epochs * len(self.train_batches)),
                                            warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward = torch.compile(self.model) if cfg.compile else self.model  # evaluation: each rank its shard
+        self.train_forward = self.forward
+        if self.dist.active:  # backward averages the gradients over ranks, so a step is the global batch's step
+            ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            self.train_forward = torch.compile(ddp) if cfg.compile else ddp
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         self.history: list[dict] = []
         self.train_time = 0.0
         self.train_images = 0
         self.infer_img_s = None
+        self.peak_mem_mb = None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     # -- state ------------------------------------------------------------------------------------------------
+    def rng_state(self) -> dict:
+        return {"torch_rng": torch.get_rng_state(), "augment_rng": self.train_batches.generator.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
     def state(self) -> dict:
+        """The checkpoint. Under torchrun every rank calls it (it gathers each rank's random state); rank 0 saves."""
+        rng = self.rng_state()
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "history": self.history, "train_time": self.train_time,
-                "train_images": self.train_images, "torch_rng": torch.get_rng_state(),
-                "augment_rng": self.train_batches.generator.get_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
+                "train_images": self.train_images, **rng,
+                "rank_rng": distributed.gather(rng) if self.dist.active else None}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history, self.train_time, self.train_images = state["history"], state["train_time"], state["train_images"]
-        torch.set_rng_state(state["torch_rng"])
-        self.train_batches.generator.set_state(state["augment_rng"])
-        if state.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        ranks = state.get("rank_rng") or [state]
+        if self.dist.rank < len(ranks):  # a rank the checkpoint did not have keeps its fresh seed
+            rng = ranks[self.dist.rank]
+            torch.set_rng_state(rng["torch_rng"])
+            self.train_batches.generator.set_state(rng["augment_rng"])
+            if rng.get("cuda_rng") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda_rng"], self.device)
 
     # -- loops ------------------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
@@ -188,11 +242,12 @@ class Trainer:
         total, count, last_finite = 0.0, 0, None
         bar = tqdm(self.train_batches.epoch(epoch), total=steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    leave=False, disable=self.quiet or not sys.stderr.isatty(), file=sys.stderr)
-        start = time.perf_counter()
+        stop = timer(self.device)
         for step, (x, y) in enumerate(bar):
             with self.autocast:
-                loss = F.cross_entropy(self.forward(x), y, label_smoothing=self.cfg.label_smoothing)
-            value = loss.item()
+                loss = F.cross_entropy(self.train_forward(x.contiguous(memory_format=self.memory_format)), y,
+                                       label_smoothing=self.cfg.label_smoothing)
+            value = distributed.mean(loss.detach()).item()  # the global batch's loss: all ranks stop on divergence
             if not math.isfinite(value):
                 raise RunFailed(f"diverged: loss is {value} at epoch {epoch + 1}, step {step + 1}/{steps} "
                                 f"(last finite loss: {last_finite}); lower --lr or check the data")
@@ -203,24 +258,24 @@ class Trainer:
             self.scheduler.step_update(epoch * steps + step + 1)
             total, count = total + value * len(y), count + len(y)
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.train_time += time.perf_counter() - start
-        self.train_images += count
+        self.train_time += stop()
+        self.train_images += count * self.dist.world
         return total / count
 
     @torch.inference_mode()
     def evaluate(self) -> tuple[float, float]:
+        """Accuracy and mean loss on the test set; under torchrun each rank takes its shard and the sums are added."""
         self.model.eval()
-        correct, loss, n = 0, 0.0, 0
-        start = time.perf_counter()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # correct, summed loss, images
+        stop = timer(self.device)
         for x, y in self.test_batches.epoch(0):
             with self.autocast:
-                logits = self.forward(x)
-            loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            n += len(y)
-        self.infer_img_s = n / (time.perf_counter() - start)
+                logits = self.forward(x.contiguous(memory_format=self.memory_format))
+            sums += torch.stack([(logits.argmax(1) == y).sum().double(),
+                                 F.cross_entropy(logits.float(), y, reduction="sum").double(),
+                                 torch.tensor(len(y), dtype=torch.float64, device=self.device)])
+        correct, loss, n = distributed.total(sums).tolist()
+        self.infer_img_s = n / stop()
         return correct / n, loss / n
 
     # -- the run ----------------------------------------------------------------------------------------------
@@ -228,14 +283,15 @@ class Trainer:
         cfg, last = self.cfg, (self.history[-1] if self.history else {})
         return {
             "spatial": cfg.spatial, "channel": cfg.channel, "preset": cfg.preset, "dataset": cfg.dataset,
-            "train_size": len(self.train_batches.x), "test_size": len(self.test_batches.x), "seed": cfg.seed,
+            "train_size": self.train_size, "test_size": self.test_size, "seed": cfg.seed,
             "epochs": cfg.epochs, "shuffle": cfg.shuffle, "params": self.params, "params_frozen": self.params_frozen,
             "macs": self.macs, "matched": self.matched, "test_acc": last.get("test_acc"),
             "test_loss": last.get("test_loss"),
             "train_time_s": round(self.train_time, 3),
             "train_img_s": round(self.train_images / self.train_time, 1) if self.train_time else None,
             "infer_img_s": round(self.infer_img_s, 1) if self.infer_img_s else None,
-            "device": str(self.device), "history": self.history,
+            "device": str(self.device), "world_size": self.dist.world, "history": self.history,
+            **({"peak_mem_mb": self.peak_mem_mb} if self.device.type == "cuda" else {}),
             "config": {**dataclasses.asdict(cfg), "model": dataclasses.asdict(self.model.cfg)},
             "config_key": cfg.key(), "status": status, "error": error, "run_id": run_dir.name,
             "run_dir": str(run_dir), "version": __version__, "git_commit": git_commit(),
@@ -244,57 +300,81 @@ class Trainer:
     def run(self, run_dir: Path, on_epoch=None) -> dict:
         """Trains from the state in run_dir (if any) to the last epoch, writing checkpoint and record each epoch.
 
-        `on_epoch(epoch, record)` is called after each epoch (studies report to optuna pruners there).
+        `on_epoch(epoch, record)` is called after each epoch (studies report to optuna pruners there), on rank 0.
+        Under torchrun every rank calls this with rank 0's run_dir; only rank 0 reads and writes files there.
         """
         ckpt = run_dir / "checkpoint.pt"
-        if ckpt.exists():
-            self.load_state(torch.load(ckpt, map_location=self.device, weights_only=False))
+        # rank 0's checkpoint, sent to every rank (other nodes need not see rank 0's disk); CPU tensors, as
+        # random states must be, until load_state_dict copies them to the device
+        state = torch.load(ckpt, map_location="cpu", weights_only=False) if self.dist.main and ckpt.exists() else None
+        state = distributed.broadcast(state)
+        if state is not None:
+            self.load_state(state)
             self.log(f"resuming {run_dir} after epoch {len(self.history)}")
         try:
             for epoch in range(len(self.history), self.cfg.epochs):
                 t0 = time.perf_counter()
                 train_loss = self.train_epoch(epoch)
                 test_acc, test_loss = self.evaluate()
+                if self.device.type == "cuda":  # the allocator's peak on the busiest GPU
+                    peak = distributed.maximum(torch.cuda.max_memory_allocated(self.device) / 2**20, self.device)
+                    self.peak_mem_mb = round(peak, 1)
                 self.history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 5), "test_acc": test_acc,
                                      "test_loss": round(test_loss, 5), "lr": self.optimizer.param_groups[0]["lr"],
                                      "time_s": round(time.perf_counter() - t0, 2)})
                 doc = self.record(run_dir, "running" if epoch + 1 < self.cfg.epochs else "done")
-                try:  # atomic: a kill or a full disk mid-write leaves the previous checkpoint and record intact
-                    save_torch(ckpt, self.state())
-                    write_json(run_dir / "record.json", doc)
-                except OSError as e:
-                    raise RunFailed(f"cannot save epoch {epoch + 1} in {run_dir}: {e.strerror or e}; the files "
-                                    f"of epoch {epoch} are intact, free space and rerun with --resume") from None
+                state, error = self.state(), None
+                if self.dist.main:
+                    try:  # atomic: a kill or a full disk mid-write leaves the previous checkpoint and record intact
+                        save_torch(ckpt, state)
+                        write_json(run_dir / "record.json", doc)
+                    except OSError as e:
+                        error = (f"cannot save epoch {epoch + 1} in {run_dir}: {e.strerror or e}; the files of "
+                                 f"epoch {epoch} are intact, free space and rerun with --resume")
+                error = distributed.broadcast(error)  # all ranks stop when rank 0 could not save
+                if error:
+                    raise RunFailed(error)
                 self.log(f"epoch {epoch + 1}/{self.cfg.epochs}  train_loss {train_loss:.4f}  "
                          f"test_acc {test_acc:.4f}  ({self.history[-1]['time_s']:.0f} s)")
-                if on_epoch:
+                if on_epoch and self.dist.main:
                     on_epoch(epoch + 1, doc)
         except RunFailed as e:
-            try:
-                write_json(run_dir / "record.json", self.record(run_dir, "failed", str(e)))
-            except OSError:
-                pass  # the disk is what failed; the error message already says where things stand
+            if self.dist.main:
+                try:
+                    write_json(run_dir / "record.json", self.record(run_dir, "failed", str(e)))
+                except OSError:
+                    pass  # the disk is what failed; the error message already says where things stand
             raise
         return self.record(run_dir, "done")
 
 
 def run(cfg: RunConfig, resume: str | bool = False, quiet: bool = False, on_epoch=None) -> dict:
-    """Runs (or resumes) one training job and returns its record."""
+    """Runs (or resumes) one training job and returns its record.
+
+    Under torchrun every rank calls it: rank 0 picks the run folder and writes there, the others train and
+    evaluate their shards; the process group is left at the end.
+    """
     out = Path(cfg.out)
-    prepare_out(out)
+    main = distributed.context().main
     run_dir = None
-    if isinstance(resume, str):
-        run_dir = Path(resume)
-        if not (run_dir / "checkpoint.pt").exists():
-            raise UsageError(f"--resume {run_dir}: no checkpoint.pt there")
-    elif resume:
-        run_dir = find_resumable(out, cfg.key())
-        if run_dir is None:
-            print(f"no unfinished run of this config under {out}; starting a new one", file=sys.stderr)
-    trainer = Trainer(cfg, quiet=quiet)
-    if run_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        run_dir = out / f"{stamp}-{cfg.spatial}-{cfg.channel}-{cfg.preset}-s{cfg.seed}"
-        run_dir.mkdir(parents=True)
-        write_json(run_dir / "record.json", trainer.record(run_dir, "running"))
-    return trainer.run(run_dir, on_epoch)
+    if main:
+        prepare_out(out)
+        if isinstance(resume, str):
+            run_dir = Path(resume)
+            if not (run_dir / "checkpoint.pt").exists():
+                raise UsageError(f"--resume {run_dir}: no checkpoint.pt there")
+        elif resume:
+            run_dir = find_resumable(out, cfg.key())
+            if run_dir is None:
+                print(f"no unfinished run of this config under {out}; starting a new one", file=sys.stderr)
+    try:
+        trainer = Trainer(cfg, quiet=quiet)
+        if main and run_dir is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+            run_dir = out / f"{stamp}-{cfg.spatial}-{cfg.channel}-{cfg.preset}-s{cfg.seed}"
+            run_dir.mkdir(parents=True)
+            write_json(run_dir / "record.json", trainer.record(run_dir, "running"))
+        run_dir = Path(distributed.broadcast(str(run_dir) if main else None))
+        return trainer.run(run_dir, on_epoch)
+    finally:
+        distributed.teardown()

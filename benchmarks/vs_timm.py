@@ -67,18 +67,21 @@ def build_pair(name: str) -> tuple[nn.Module, nn.Module]:
     return ours, theirs
 
 
-def step_times(step, warmup: int, repeats: int) -> list[float]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def step_times(step, warmup: int, repeats: int, clock) -> list[float]:
     for _ in range(warmup):
         step()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         step()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return times
 
 
-def compare(name: str, batch_size: int, rounds: int, warmup: int, repeats: int) -> dict:
+def compare(name: str, batch_size: int, rounds: int, warmup: int, repeats: int, clock) -> dict:
     """Images/s of ours and timm's, training and inference, alternating the two models each round."""
     models = dict(zip(("ablate", "timm"), build_pair(name)))
     x, y = torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
@@ -91,7 +94,7 @@ def compare(name: str, batch_size: int, rounds: int, warmup: int, repeats: int) 
                 models[who].train()
             else:
                 models[who].eval()
-            times[who, mode] += step_times(step, warmup, repeats)
+            times[who, mode] += step_times(step, warmup, repeats, clock)
     row = {"model": name, "batch": batch_size,
            "params": sum(p.numel() for p in models["ablate"].parameters())}
     for (who, mode), ts in times.items():
@@ -101,14 +104,15 @@ def compare(name: str, batch_size: int, rounds: int, warmup: int, repeats: int) 
     return row
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def markdown(rows: list[dict], command: str, clock: str) -> str:
     lines = [
         "# ablate vs timm: throughput of the same architecture",
         "",
         f"Command: `{command}`",
         "",
-        f"CPU fp32, {torch.get_num_threads()} threads, torch {torch.__version__}, timm {timm.__version__}, "
-        f"{platform.processor() or platform.machine()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        f"CPU fp32, {torch.get_num_threads()} threads, {clock} clock, torch {torch.__version__}, "
+        f"timm {timm.__version__}, {platform.processor() or platform.machine()}, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
         "Images/s are medians over all timed steps; ratio = ablate / timm (> 1: ablate is faster). "
         "Train = forward + backward + AdamW step.",
         "",
@@ -132,17 +136,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each round")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per round")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores this process may use)")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall: elapsed time (a quiet machine); cpu: this process's CPU time on 1 thread, which other "
+                        "load on a shared machine disturbs much less")
     args = p.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in PAIRS]
     if unknown:
         p.error(f"unknown model {', '.join(unknown)}; valid: {', '.join(PAIRS)}")
     from ablate.train import usable_cores
-    torch.set_num_threads(args.threads or usable_cores())
+    torch.set_num_threads(args.threads or (1 if args.clock == "cpu" else usable_cores()))
+    if args.clock == "cpu" and torch.get_num_threads() > 1:
+        p.error("--clock cpu sums the CPU time of all threads (spin-waits included); use it with --threads 1")
     rows = []
     for name in names:
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            rows.append(compare(name, batch_size, args.rounds, args.warmup, args.repeats))
+            rows.append(compare(name, batch_size, args.rounds, args.warmup, args.repeats, CLOCKS[args.clock]))
             r = rows[-1]
             print(f"{name:<11} batch {batch_size:>4}: train {r['ablate_train']:7.0f} vs {r['timm_train']:7.0f} img/s "
                   f"({r['train_ratio']:.2f}x)   infer {r['ablate_infer']:7.0f} vs {r['timm_infer']:7.0f} img/s "
@@ -150,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/vs_timm.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda f: f.write(markdown(rows, command.strip()).encode()))
+    atomic_write(out, lambda f: f.write(markdown(rows, command.strip(), args.clock).encode()))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

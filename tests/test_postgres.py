@@ -75,11 +75,9 @@ def postgres_url():
     start = pg("pg_ctl", "-D", str(data / "db"), "-l", str(data / "server.log"), "-o", opts, "-w", "start")
     assert start.returncode == 0, start.stderr + (data / "server.log").read_text()
     try:
-        import psycopg2
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE ablate")
-        conn.close()
+        import psycopg
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE ablate")
         yield f"postgresql://postgres@127.0.0.1:{port}/ablate"
     finally:
         pg("pg_ctl", "-D", str(data / "db"), "-m", "immediate", "stop")

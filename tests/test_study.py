@@ -279,8 +279,8 @@ def test_missing_experiment_file_exits_2(tmp_path, capsys):
 @pytest.mark.parametrize("url, message", [
     ("nosuchdb://host/db", "cannot open storage nosuchdb://host/db"),
     ("ablate.db", "is not a storage; valid: sqlite:///FILE"),
-    ("postgresql://nobody:secret@127.0.0.1:1/db", "cannot open storage postgresql://nobody:***@127.0.0.1:1/db:"
-                                                  " connection to server at \"127.0.0.1\", port 1 failed"),
+    ("postgresql://nobody:secret@127.0.0.1:1/db", "cannot open storage postgresql://nobody:***@127.0.0.1:1/db: "
+                                                  "connection failed"),
     ("journal:/no/such/folder/study.log", "folder /no/such/folder does not exist"),
 ])
 def test_bad_storage_exits_2(tmp_path, capsys, url, message):
@@ -357,3 +357,20 @@ def test_shipped_experiments_meet_the_minimum_sizes():
     assert "train_size" not in shuffle.run  # the full training set
     assert set(load["token_mixers"].fields["spatial"]) == {"identity", "random", "pool", "conv", "mlp", "attention"}
     assert load["fair_tuning"].search and load["fair_tuning"].trials_per_arm > 0
+
+
+def test_storage_retries_when_another_worker_is_creating_the_tables(tmp_path, monkeypatch):
+    """Workers that open a new PostgreSQL database together race to create optuna's tables (seen in
+    test_postgres as 'duplicate key value violates unique constraint'); the loser retries and finds them."""
+    import sqlalchemy.exc
+    from ablate import study as study_module
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kw):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError("CREATE TABLE studies", {}, Exception("duplicate key value"))
+        return real(url, **kw)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    storage = study_module.open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=1)
+    assert len(calls) == 2 and storage.get_all_studies() == []

@@ -1,0 +1,171 @@
+"""`imagefolder:<path>` datasets streamed from disk, for image sets larger than memory (ImageNet-style).
+
+Layout (torchvision's ImageFolder): `<path>/train/<class>/<image>` and `<path>/val/<class>/<image>` (or `test/`).
+A torch DataLoader's worker processes read each image, convert it to RGB and resize it to a fixed square
+(shorter side to the size, centre crop); batches travel to the device as uint8 and get the same batched
+augmentation and normalisation there as in-memory datasets (data.prepare). Only file names and labels are held.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Sampler
+from torchvision import datasets as tv
+from torchvision.transforms.v2 import functional as TF
+
+from . import data, distributed
+from .errors import DataError
+
+MEAN_STD_SAMPLE = 500  # training images (fixed draw) the normalisation statistics come from
+MAX_WORKERS = 8
+
+
+def default_workers() -> int:
+    """Loader processes per rank: this node's cores shared among its ranks, at most MAX_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores // distributed.context().local_world))
+
+
+def read_image(path: str, size: int) -> torch.Tensor:
+    """(3, size, size) uint8: RGB, shorter side resized to `size` (antialiased), centre-cropped to a square."""
+    try:
+        with Image.open(path) as img:
+            x = TF.pil_to_tensor(img.convert("RGB"))
+    except (OSError, ValueError) as e:  # PIL's "cannot identify image file" is an OSError
+        raise DataError(f"imagefolder: cannot read {path}: {e}") from None
+    if tuple(x.shape[1:]) != (size, size):
+        x = TF.center_crop(TF.resize(x, size, antialias=True), [size, size])
+    return x
+
+
+class FolderSplit(torch.utils.data.Dataset):
+    """One split of an image folder: file names and labels; an image is read from disk when indexed."""
+
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], size: int):
+        self.samples, self.classes, self.size = samples, classes, size
+        self.targets = torch.tensor([label for _, label in samples])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        return read_image(path, self.size), label
+
+
+@dataclass
+class FolderDataset:
+    """What the Trainer needs of a dataset (like data.Dataset), with the images left on disk."""
+    name: str
+    train: FolderSplit
+    test: FolderSplit
+    num_classes: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return 3, self.train.size, self.train.size
+
+    @property
+    def train_y(self) -> torch.Tensor:
+        return self.train.targets
+
+    @property
+    def test_y(self) -> torch.Tensor:
+        return self.test.targets
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std in [0, 1] units, shaped (1, C, 1, 1), of MEAN_STD_SAMPLE training images drawn
+        with a fixed seed: a property of the dataset, and cheap where reading the whole set would take an epoch."""
+        pick = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(0))[:MEAN_STD_SAMPLE]
+        sums, squares, pixels = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+        for x, _ in read_batches(DataLoader(self.train, batch_size=64, sampler=pick.tolist(),
+                                            num_workers=default_workers())):
+            x = x.double().div_(255)
+            sums, squares = sums + x.sum((0, 2, 3)), squares + x.square().sum((0, 2, 3))
+            pixels += x[:, 0].numel()
+        mean = sums / pixels
+        std = (squares / pixels - mean.square()).clamp_min(0).sqrt()
+        return mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
+
+
+def load_folder(root: Path, img_size: int | None = None) -> FolderDataset:
+    """Lists `root/train` and `root/val` (or `root/test`); images are `img_size` px square, default: the shorter
+    side of the first training image."""
+    splits = [root / "train", next((root / s for s in ("val", "test") if (root / s).is_dir()), root / "val")]
+    for split in splits:
+        if not split.is_dir():
+            raise DataError(f"imagefolder: {split} is not a folder; expected {root}/train/<class>/ and "
+                            f"{root}/val/<class>/ (or test/)")
+    try:
+        train, test = (tv.ImageFolder(str(s)) for s in splits)  # lists the files, reads none
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"imagefolder: {e}") from None
+    if train.classes != test.classes:
+        raise DataError(f"imagefolder: train classes {train.classes} differ from {splits[1].name} classes "
+                        f"{test.classes}")
+    if img_size is None:
+        first = train.samples[0][0]
+        try:
+            with Image.open(first) as img:  # reads the header only
+                img_size = min(img.size)
+        except OSError as e:
+            raise DataError(f"imagefolder: cannot read {first}: {e}") from None
+    elif img_size <= 0:
+        raise DataError(f"--img-size must be positive, got {img_size}")
+    return FolderDataset(f"imagefolder:{root}", FolderSplit(train.samples, train.classes, img_size),
+                         FolderSplit(test.samples, test.classes, img_size), num_classes=len(train.classes))
+
+
+def read_batches(loader: DataLoader):
+    """Iterates `loader`; an unreadable image stops it with a DataError naming the file, not a worker traceback."""
+    try:
+        yield from loader
+    except DataError as e:  # from a worker, the message is "Caught DataError in DataLoader worker..." + traceback
+        raise DataError(str(e).strip().splitlines()[-1].removeprefix(f"{DataError.__module__}.DataError: ")) from None
+
+
+class EpochSampler(Sampler[int]):
+    """One rank's share of one epoch of `indices`, in data.Batches's order; set `.epoch` before iterating
+    (like DistributedSampler.set_epoch: the loader's workers may persist across epochs)."""
+
+    def __init__(self, indices: torch.Tensor, train: bool, seed: int, rank: int, world: int):
+        self.indices, self.train, self.seed, self.rank, self.world = indices, train, seed, rank, world
+        self.epoch = 0
+
+    def __iter__(self):
+        order = data.epoch_order(len(self.indices), self.epoch, self.seed, self.train, self.rank, self.world)
+        return iter(self.indices[order].tolist())
+
+    def __len__(self) -> int:
+        return distributed.shard_size(len(self.indices), self.rank, self.world, even=self.train)
+
+
+class FolderBatches:
+    """Minibatches of `split[indices]` streamed through a DataLoader, with data.Batches's interface: `len()` and
+    `epoch(e)` yielding (x, y) on `device`; the order of epoch e comes from (seed, e) and is sharded over ranks."""
+
+    def __init__(self, split: FolderSplit, indices: torch.Tensor, batch_size: int, mean: torch.Tensor,
+                 std: torch.Tensor, perm: torch.Tensor | None = None, device: torch.device = torch.device("cpu"),
+                 train: bool = False, pad: int = 0, flip: bool = False, seed: int = 0, rank: int = 0, world: int = 1,
+                 workers: int | None = None):
+        self.split, self.indices, self.device = split, indices, device
+        self.mean, self.std, self.perm = mean, std, perm
+        self.train, self.pad, self.flip = train, pad, flip
+        self.generator = data.augment_generator(seed, rank)
+        self.sampler = EpochSampler(indices, train, seed, rank, world)
+        workers = default_workers() if workers is None else workers
+        self.loader = DataLoader(split, batch_size=batch_size, sampler=self.sampler, drop_last=train,
+                                 num_workers=workers, persistent_workers=workers > 0,
+                                 pin_memory=device.type == "cuda")
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int):
+        self.sampler.epoch = epoch
+        for x, y in read_batches(self.loader):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield data.prepare(x, self.mean, self.std, self.perm, self.pad, self.flip,
+                               self.generator if self.train else None), y
