@@ -12,12 +12,6 @@ from .errors import RunFailed, UsageError
 COMMANDS = ("run", "profile", "study", "report", "list")
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse exits 2 already; keep its message, add the command's usage
-        self.print_usage(sys.stderr)
-        raise SystemExit(f"{self.prog}: error: {message}") from None
-
-
 def key_value(text: str) -> tuple[str, object]:
     """KEY=VALUE with VALUE parsed as JSON when it is JSON (numbers, true, lists), else kept as a string."""
     if "=" not in text:
@@ -62,12 +56,15 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-size", type=positive_int, default=None,
                    help="stratified subset of the training set (nested across sizes for one seed)")
     p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--eval-every", type=positive_int, default=d.eval_every,
+                   help="evaluate on the test set every k epochs (always after the last)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, warm-up + cosine)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop and flip")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
+                   help="random crop + horizontal flip, batched (pays off in longer schedules)")
     p.add_argument("--shuffle", choices=("none", "patch", "global"), default=d.shuffle,
                    help="fixed pixel permutation of train and test images (MLP-Mixer Fig. 4)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -117,8 +114,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import profile, report, study
-    parser = Parser(prog="ablate", description="Swap one slot of one vision backbone, train it, count its cost.")
-    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+    parser = argparse.ArgumentParser(prog="ablate",
+                                     description="Swap one slot of one vision backbone, train it, count its cost.")
+    sub = parser.add_subparsers(dest="command")
     add_run_args(sub.add_parser("run", help="train one model (the default command)"))
     profile.add_arguments(sub.add_parser("profile", help="params, MACs, throughput and memory per mixer"))
     study.add_arguments(sub.add_parser("study", help="run an optuna study from an experiment file"))

@@ -251,13 +251,12 @@ def forkserver() -> multiprocessing.context.BaseContext:
     return ctx
 
 
-def cpu_peak_memory_mb(preset: str, overrides: dict, batch_size: int, steps: int) -> float:
+def cpu_peak_memory_mb(preset: str, overrides: dict, batch_size: int, steps: int, threads: int) -> float:
     """Peak RSS growth of a child process that builds the model and runs `steps` training steps on CPU:
     parameters, gradients, AdamW state, activations, and what the allocator and math libraries keep around."""
-    from .train import usable_cores
     ctx = forkserver()
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=memory_child, args=(send, preset, overrides, batch_size, steps, usable_cores()))
+    child = ctx.Process(target=memory_child, args=(send, preset, overrides, batch_size, steps, threads))
     child.start()
     send.close()
     try:
@@ -311,7 +310,7 @@ def profile(args: argparse.Namespace, log) -> dict:
         raise UsageError("--match-to needs --match params|macs")
     device = pick_device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(usable_cores())
+        torch.set_num_threads(args.threads or usable_cores())
         forkserver()
         multiprocessing.forkserver.ensure_running()  # it imports torch while this process counts MACs
     peak_flops = matmul_flops(str(device))
@@ -335,7 +334,8 @@ def profile(args: argparse.Namespace, log) -> dict:
         speed = throughput(model, args.batch_size, device, args.warmup, args.repeats)
         del model
         if device.type == "cpu":
-            speed["peak_mem_mb"] = cpu_peak_memory_mb(preset, overrides, args.batch_size, max(args.warmup, 2))
+            speed["peak_mem_mb"] = cpu_peak_memory_mb(preset, overrides, args.batch_size, max(args.warmup, 2),
+                                                      torch.get_num_threads())
         row = {"spatial": spatial, "channel": channel, "preset": preset, "img_size": cfg.img_size,
                "tokens": tokens(cfg), "params": trainable, "params_frozen": frozen, "macs": macs,
                "train_img_s": round(speed["train_img_s"], 1), "infer_img_s": round(speed["infer_img_s"], 1),
@@ -387,6 +387,8 @@ def plot_cost_vs_tokens(path: Path, rows: list[dict]) -> None:
         sns.lineplot(data=table, x="tokens", y=key, hue="model", style="preset" if many_presets else None,
                      marker="o", ax=ax, legend=ax is axes[-1])
         ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel=label)
+        ax.set_xticks(sorted(table["tokens"].unique()), [str(t) for t in sorted(table["tokens"].unique())])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the measured token counts
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
@@ -407,6 +409,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=positive_int, default=3, help="untimed steps before timing")
     p.add_argument("--repeats", type=positive_int, default=10, help="timed steps; the median is reported")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads (default: the cores this process may use, as `run` does)")
     p.add_argument("--csv", default="profile.csv", help="where to write the rows as CSV (default: profile.csv)")
     p.add_argument("--plot", nargs="?", const="cost_vs_tokens.png", default=None, metavar="FILE",
                    help="write the cost-vs-tokens plot (default file: cost_vs_tokens.png)")

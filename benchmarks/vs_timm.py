@@ -9,6 +9,7 @@ weights loaded into ours give the same logits) before timing. Timings alternate 
 several rounds, so drift in machine load hits both; each number is the median over all timed steps.
 """
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -29,15 +30,16 @@ from ablate.profile import infer_step, train_step
 from blocks.timm_convert import convert_state, family_of
 
 SHAPE = dict(img_size=28, in_chans=1, num_classes=10)
-ISOTROPIC = dict(depths=(6,), dims=(64,), patch_size=4)  # the `tiny` preset's size
+DEPTH, WIDTH = blocks.PRESETS["tiny"].depths[0], blocks.PRESETS["tiny"].dims[0]
+ISOTROPIC = dict(depths=(DEPTH,), dims=(WIDTH,), patch_size=4)  # the `tiny` preset's size
 HIERARCHICAL = dict(depths=(1, 1, 3, 1), dims=(32, 64, 96, 128))  # the `tiny-hier` preset's size
 
 # name: (blocks preset, its overrides, timm model factory)
 PAIRS = {
     "vit": ("vit-s16", {**ISOTROPIC, "spatial_options": {"attention": {"num_heads": 2}}},
-            lambda: VisionTransformer(embed_dim=64, depth=6, num_heads=2, patch_size=4, **SHAPE)),
+            lambda: VisionTransformer(embed_dim=WIDTH, depth=DEPTH, num_heads=2, patch_size=4, **SHAPE)),
     "mixer": ("mixer-s16", ISOTROPIC,
-              lambda: MlpMixer(embed_dim=64, num_blocks=6, patch_size=4, **SHAPE)),
+              lambda: MlpMixer(embed_dim=WIDTH, num_blocks=DEPTH, patch_size=4, **SHAPE)),
     "poolformer": ("poolformer-s12", HIERARCHICAL,
                    lambda: MetaFormer(**HIERARCHICAL, in_chans=1, num_classes=10, downsample_norm=None,
                                       mlp_act=nn.GELU, mlp_bias=True, norm_layers=GroupNorm1,
@@ -104,7 +106,7 @@ def compare(name: str, batch_size: int, rounds: int, warmup: int, repeats: int, 
     return row
 
 
-def markdown(rows: list[dict], command: str, clock: str) -> str:
+def markdown(rows: list[dict], command: str, clock: str, load: tuple[float, float]) -> str:
     lines = [
         "# ablate vs timm: throughput of the same architecture",
         "",
@@ -114,7 +116,9 @@ def markdown(rows: list[dict], command: str, clock: str) -> str:
         f"timm {timm.__version__}, {platform.processor() or platform.machine()}, "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
         "Images/s are medians over all timed steps; ratio = ablate / timm (> 1: ablate is faster). "
-        "Train = forward + backward + AdamW step.",
+        "Train = forward + backward + AdamW step. "
+        f"Load average (1 min) of the machine: {load[0]:.1f} at the start, {load[1]:.1f} at the end "
+        f"(other work on the machine shows up as noise in the wall clock).",
         "",
         "| model | params | batch | train ablate | train timm | **train ratio** | infer ablate | infer timm "
         "| **infer ratio** |",
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads or (1 if args.clock == "cpu" else usable_cores()))
     if args.clock == "cpu" and torch.get_num_threads() > 1:
         p.error("--clock cpu sums the CPU time of all threads (spin-waits included); use it with --threads 1")
-    rows = []
+    rows, load_start = [], os.getloadavg()[0]
     for name in names:
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             rows.append(compare(name, batch_size, args.rounds, args.warmup, args.repeats, CLOCKS[args.clock]))
@@ -159,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/vs_timm.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda f: f.write(markdown(rows, command.strip(), args.clock).encode()))
+    text = markdown(rows, command.strip(), args.clock, (load_start, os.getloadavg()[0]))
+    atomic_write(out, lambda f: f.write(text.encode()))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -40,7 +40,7 @@ def test_run_json_writes_record(cli, tmp_path):
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)  # exactly one JSON document on stdout
     assert RECORD_KEYS <= set(record)
-    assert record["params_frozen"] == 6 * 49 * 49
+    assert record["params_frozen"] == 4 * 49 * 49
     assert 0 <= record["test_acc"] <= 1 and len(record["history"]) == 1
     saved = json.loads((tmp_path / record["run_id"] / "record.json").read_text())
     assert saved["test_acc"] == record["test_acc"] and saved["status"] == "done"

@@ -1,6 +1,6 @@
 """Two `ablate study` processes on one PostgreSQL study: every cell runs exactly once.
 
-Starts a throwaway PostgreSQL server on loopback (Debian's `postgresql` package; .ci/postgres.sh installs it).
+Starts a throwaway PostgreSQL server on loopback (Debian's `postgresql` package; scripts/setup.sh installs it).
 It skips only where the server binaries are absent, and in CI (CI=true) their absence is a failure."""
 import glob
 import json
