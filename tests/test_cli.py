@@ -59,12 +59,12 @@ def test_every_pair_trains_via_cli(cli, tmp_path, spatial, channel):
 
 
 def test_fashion_mnist_end_to_end(cli, tmp_path, fashion_dir):
-    """Real data, a 3,000-image subset, 2 epochs: far above the 10% of chance."""
-    out = cli("--spatial", "conv", "--train-size", "3000", "--epochs", "2", "--batch-size", "128",
+    """Real data, a 4,000-image subset, 3 epochs: far above the 10% of chance."""
+    out = cli("--spatial", "conv", "--train-size", "4000", "--epochs", "3", "--batch-size", "64",
               "--data-dir", str(fashion_dir), "--out", str(tmp_path), "--json")
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
-    assert record["dataset"] == "fashion-mnist" and record["train_size"] == 3000 and record["test_size"] == 10000
+    assert record["dataset"] == "fashion-mnist" and record["train_size"] == 4000 and record["test_size"] == 10000
     assert record["test_acc"] > 0.6
 
 

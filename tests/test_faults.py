@@ -79,3 +79,45 @@ def test_full_disk_keeps_the_previous_epoch(tmp_path, monkeypatch):
     assert json.loads((run_dir / "record.json").read_text())["status"] == "failed"
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert len(checkpoint["history"]) == 1  # epoch 1 survives intact, ready for --resume
+
+
+STUDY = """
+[study]
+name = "twice-killed"
+seeds = [0, 1]
+[run]
+dataset = "synthetic"
+train_size = 600
+batch_size = 50
+epochs = 3
+model_options = { depths = [1], dims = [16] }
+[arms]
+spatial = ["conv", "pool", "mlp"]
+"""
+
+
+def test_study_with_two_workers_killed_twice_ends_with_every_cell_once(tmp_path):
+    """SIGKILL a whole `study --workers 2` invocation (the process group) twice at random points, then rerun."""
+    import random
+
+    import optuna
+    from optuna.trial import TrialState
+
+    file = tmp_path / "exp.toml"
+    file.write_text(STUDY)
+    args = [sys.executable, "-m", "ablate", "study", str(file), "--storage", f"sqlite:///{tmp_path}/s.db",
+            "--out", str(tmp_path / "runs"), "--workers", "2", "--heartbeat", "1"]
+    rng = random.Random(0)
+    for _ in range(2):
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(rng.uniform(8, 20))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    final = subprocess.run([*args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr
+    doc = json.loads(final.stdout)
+    assert doc["cells"]["done"] == doc["cells"]["total"] == 6 and doc["duplicates"] == 0
+    study = optuna.load_study(study_name="twice-killed", storage=f"sqlite:///{tmp_path}/s.db")
+    done = [t.user_attrs["cell"] for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert sorted(done) == sorted(set(done)) and len(done) == 6

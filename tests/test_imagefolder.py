@@ -32,7 +32,7 @@ def folder(tmp_path) -> Path:
 
 
 def test_trains_from_a_folder_via_cli(cli, folder, tmp_path):
-    out = cli("--dataset", f"imagefolder:{folder}", "--spatial", "conv", "--epochs", "3", "--batch-size", "10",
+    out = cli("--dataset", f"imagefolder:{folder}", "--spatial", "conv", "--epochs", "2", "--batch-size", "10",
               "--device", "cpu", "--out", str(tmp_path / "runs"), "--json")
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
