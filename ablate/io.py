@@ -11,6 +11,9 @@ def atomic_write(path: Path, write) -> None:
     """Calls write(file) on a temp file next to `path`, fsyncs, and renames it over `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results files get the usual permissions
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
