@@ -1,6 +1,8 @@
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,14 @@ def fashion_dir() -> Path:
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.fail(f"Fashion-MNIST not found in {FASHION_DIR}: apt-get install dataset-fashion-mnist")
     return FASHION_DIR
+
+
+def wait_for_first_epoch(out: Path, timeout: float = 300) -> Path:
+    """The record.json of the run under `out`, as soon as its first epoch's checkpoint is on disk."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        records = list(out.glob("*/record.json"))
+        if records and json.loads(records[0].read_text() or "{}").get("history"):
+            return records[0]
+        time.sleep(0.05)
+    pytest.fail(f"no run under {out} finished an epoch within {timeout} s")

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 
 from ablate import data, distributed
 from ablate.errors import UsageError
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, wait_for_first_epoch
 
 NO_CUDA = not torch.cuda.is_available()
 SKIP_CUDA = "no CUDA device on this machine: the CUDA path runs only where a GPU is"
@@ -147,15 +146,10 @@ def test_ddp_sigkill_then_resume_matches_uninterrupted_ddp_run(tmp_path):
 
     out = tmp_path / "killed"
     proc = torchrun(*args, "--out", str(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill the whole job once the first epoch's checkpoint is on disk
-        records = list(out.glob("*/record.json"))
-        if records and json.loads(records[0].read_text() or "{}").get("history"):
-            break
-        time.sleep(0.05)
+    record = wait_for_first_epoch(out)  # then kill at once
     kill_job(proc.pid)
     proc.wait()
-    killed = json.loads(records[0].read_text())
+    killed = json.loads(record.read_text())
     assert killed["status"] == "running" and 1 <= len(killed["history"]) < 3
 
     resumed = torchrun(*args, "--out", str(out), "--resume", "--json")

@@ -12,7 +12,7 @@ import torch
 
 from ablate import train
 from ablate.errors import RunFailed
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, wait_for_first_epoch
 
 ARGS = ["--dataset", "synthetic", "--epochs", "3", "--batch-size", "50", "--train-size", "500", "--seed", "7"]
 
@@ -25,15 +25,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "ablate", *ARGS, "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill as soon as the first epoch's checkpoint is on disk
-        records = list(out.glob("*/record.json"))
-        if records and json.loads(records[0].read_text() or "{}").get("history"):
-            break
-        time.sleep(0.05)
+    record = wait_for_first_epoch(out)  # then kill at once
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed = json.loads(records[0].read_text())
+    killed = json.loads(record.read_text())
     assert killed["status"] == "running" and 1 <= len(killed["history"]) < 3
 
     resumed = run_cli(*ARGS, "--out", str(out), "--resume", "--json")
