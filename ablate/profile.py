@@ -338,24 +338,33 @@ def profile(args: argparse.Namespace, log) -> dict:
                                                       torch.get_num_threads())
         row = {"spatial": spatial, "channel": channel, "preset": preset, "img_size": cfg.img_size,
                "tokens": tokens(cfg), "params": trainable, "params_frozen": frozen, "macs": macs,
-               "train_img_s": round(speed["train_img_s"], 1), "infer_img_s": round(speed["infer_img_s"], 1),
+               "train_img_s": significant(speed["train_img_s"]), "infer_img_s": significant(speed["infer_img_s"]),
                "peak_mem_mb": round(speed["peak_mem_mb"], 1),
                "mfu": round(3 * 2 * macs * speed["train_img_s"] / peak_flops, 5)}
         if args.match:
             row |= {"matched_to": f"{reference}/{channels[0]}", "dims": ",".join(map(str, cfg.dims)),
                     "ratio": channel_ratio(cfg, channel)}
         log(f"  {preset} {cfg.img_size}px {spatial}/{channel}: {trainable:,} params, {macs / 1e6:.2f} M MACs, "
-            f"train {row['train_img_s']:.0f} img/s, infer {row['infer_img_s']:.0f} img/s")
+            f"train {rate(row['train_img_s'])} img/s, infer {rate(row['infer_img_s'])} img/s")
         rows.append(row)
     return {"device": str(device), "batch_size": args.batch_size, "matmul_flops": peak_flops, "rows": rows}
+
+
+def significant(value: float, digits: int = 4) -> float:
+    """Rounded to `digits` significant digits: a 224 px model trains at 0.5 img/s on a CPU, not at 0."""
+    return float(f"{value:.{digits}g}")
+
+
+def rate(images_per_s: float) -> str:
+    return f"{images_per_s:,.0f}" if images_per_s >= 10 else f"{images_per_s:.2g}"
 
 
 def format_table(rows: list[dict]) -> str:
     import pandas as pd
     table = pd.DataFrame(rows)
     formats = {"params": lambda v: f"{v / 1e6:.3f} M", "params_frozen": lambda v: f"{v / 1e6:.3f} M",
-               "macs": lambda v: f"{v / 1e6:.2f} M", "train_img_s": "{:.0f}".format,
-               "infer_img_s": "{:.0f}".format, "peak_mem_mb": "{:.0f}".format, "mfu": "{:.1%}".format}
+               "macs": lambda v: f"{v / 1e6:.2f} M", "train_img_s": rate,
+               "infer_img_s": rate, "peak_mem_mb": "{:.0f}".format, "mfu": "{:.1%}".format}
     for key, fmt in formats.items():
         table[key] = table[key].map(fmt)
     return table.rename(columns={"macs": "MACs", "peak_mem_mb": "peak_MiB"}).to_string(index=False)

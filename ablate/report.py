@@ -18,7 +18,7 @@ import optuna
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from scipy import stats
 from scipy.optimize import curve_fit
@@ -27,6 +27,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from .errors import UsageError
 from .io import atomic_write, write_json
+from .storage_url import journal_path, masked
 
 FORMATS = ("png", "svg", "pdf")
 AXES = ("spatial", "channel", "preset", "dataset", "train_size", "shuffle", "epochs")  # record fields arms vary
@@ -37,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, metavar="NAME", help="study name in the storage")
     p.add_argument("--storage", default="sqlite:///ablate.db",
                    help="optuna RDB URL (sqlite:///ablate.db, postgresql://...) or a journal file "
-                        "(journal:PATH or PATH)")
+                        "(journal:PATH, or a PATH ending .log/.journal)")
     p.add_argument("-o", "--out", default=None, help="folder for report.md, figures and trials.csv "
                                                      "(default reports/NAME)")
     p.add_argument("--format", default="png,svg", help=f"figure formats, comma-separated: {', '.join(FORMATS)}")
@@ -47,23 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # -- reading the storage ----------------------------------------------------------------------------------------
-def shown(url: str) -> str:
-    """The storage URL with any password hidden, for messages and the report."""
-    if "://" not in url:
-        return url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):  # reported as given; it fails to open anyway
-        return url
-
-
-def journal_path(url: str) -> Path | None:
-    """`journal:PATH` or a bare PATH: a journal file, the storage `study` uses on shared filesystems."""
-    if url.startswith("journal:"):
-        return Path(url.split(":", 1)[1])
-    return None if "://" in url else Path(url)
-
-
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """Opens an existing storage for reading; never creates a database or a file."""
     path = journal_path(url)
@@ -82,11 +66,17 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(url, skip_table_creation=True)
     except ImportError as e:
-        raise UsageError(f"cannot open storage {shown(url)}: no database driver ({first_line(e.__cause__ or e)}); "
+        raise UsageError(f"cannot open storage {masked(url)}: no database driver ({first_line(e.__cause__ or e)}); "
                          f"install it, or name an installed one in the URL, e.g. postgresql+psycopg2://") from None
     except (SQLAlchemyError, ValueError, RuntimeError, optuna.exceptions.OptunaError) as e:
-        raise UsageError(f"cannot open storage {shown(url)} (is it an optuna storage?): "
+        raise UsageError(f"cannot open storage {masked(url)} (is it an optuna storage?): "
                          f"{first_line(e.__cause__ or e)}") from None
+
+
+def percent_change(ratio: float) -> str:
+    """+1.4%, -0.4%, and 0.0% for a change that rounds away (not -0.0%)."""
+    text = f"{100 * ratio:+.1f}%"
+    return "0.0%" if text in ("+0.0%", "-0.0%") else text
 
 
 def first_line(e: BaseException) -> str:
@@ -98,9 +88,9 @@ def load_study(url: str, name: str) -> optuna.Study:
     try:
         names = optuna.get_all_study_names(storage)
     except (SQLAlchemyError, OSError) as e:
-        raise UsageError(f"cannot read storage {shown(url)}: {first_line(e)}") from None
+        raise UsageError(f"cannot read storage {masked(url)}: {first_line(e)}") from None
     if name not in names:
-        raise UsageError(f"no study {name!r} in {shown(url)}; studies there: {', '.join(sorted(names)) or 'none'}")
+        raise UsageError(f"no study {name!r} in {masked(url)}; studies there: {', '.join(sorted(names)) or 'none'}")
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -199,6 +189,17 @@ def arm_keys(frame: pd.DataFrame, study: optuna.Study) -> list[str]:
         frame[key] = column.where(column.notna(), from_axes).map(hashable)
     final = final_trials(frame)
     return [k for k in keys if final[k].nunique() > 1] if len(final) else []
+
+
+def data_axis(final: pd.DataFrame, keys: list[str]) -> list[str]:
+    """`train_size` and the axes set together with it (a linked `data` axis: epochs, eval_every per size).
+
+    An axis whose value is fixed by the train size is part of the data budget, not a separate series.
+    """
+    if "train_size" not in keys:
+        return []
+    linked = [k for k in keys if k != "train_size" and final.groupby("train_size")[k].nunique().max() == 1]
+    return ["train_size", *linked]
 
 
 def label(frame: pd.DataFrame, keys: list[str], whole_arm: bool = True) -> pd.Series:
@@ -384,23 +385,27 @@ def plot_pareto(figs: Figures, arms: pd.DataFrame, cost: str, higher_better: boo
     ax.plot(c[front][order], acc[front][order], color="0.4", lw=1, ls="--", drawstyle=steps, label="Pareto front")
     if c.max() / max(c.min(), 1e-12) > 10:
         ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(EngFormatter())  # 8 M, not 0.8 with a 1e7 offset
     ax.set(xlabel=xlabel, ylabel="test accuracy", title=f"Accuracy vs {xlabel.split(' (')[0]} (★ = non-dominated)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     figs.save(fig, name, f"Accuracy vs {xlabel}")
 
 
 def plot_shuffle(figs: Figures, final: pd.DataFrame, series: pd.Series) -> None:
-    fig, axes = new_figure(width=max(6.4, 1.4 * series.nunique()))
+    """Per mixer, accuracy across shuffle modes: a line that stays flat is a mixer the shuffle cannot hurt."""
+    fig, axes = new_figure()
     ax = axes[0, 0]
     data = final.assign(series=series)
     modes = sorted(set(data.shuffle), key=lambda m: sort_key("shuffle", m))
-    sns.barplot(data=data, x="series", y="test_acc", hue="shuffle", hue_order=modes, errorbar="sd", capsize=0.1,
-                palette="colorblind", ax=ax, order=sorted(series.unique()))
-    sns.stripplot(data=data, x="series", y="test_acc", hue="shuffle", hue_order=modes, dodge=True,
-                  palette={m: "0.2" for m in modes}, size=3, legend=False, ax=ax, order=sorted(series.unique()))
-    ax.set(xlabel=None, ylabel="test accuracy", title="Shuffle robustness: mean ± sd over seeds (dots: seeds)")
-    if max(map(len, series.unique())) > 12:
-        ax.tick_params(axis="x", labelrotation=20)
+    order = sorted(series.unique(), key=natural)
+    colors = palette(order)
+    sns.stripplot(data=data, x="shuffle", y="test_acc", hue="series", order=modes, hue_order=order, palette=colors,
+                  dodge=False, jitter=0.08, size=4, alpha=0.45, legend=False, ax=ax)
+    sns.pointplot(data=data, x="shuffle", y="test_acc", hue="series", order=modes, hue_order=order, palette=colors,
+                  errorbar="sd", capsize=0.08, markersize=7, ax=ax)
+    ax.set(xlabel="pixel shuffle (the same for train and test)", ylabel="test accuracy",
+           title="Shuffle robustness: mean ± sd over seeds (dots: seeds)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     figs.save(fig, "shuffle", "Accuracy per mixer and pixel shuffle")
 
 
@@ -597,7 +602,7 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
                      "(MLP-Mixer Fig. 4 reports this number).\n\n" + markdown_table(
                          ["series", "shuffle", "test acc", "relative change"],
                          [[r["series"], r["shuffle"], f"{fmt(r['test_acc_mean'])} ± {fmt(r['test_acc_sd'])}",
-                           "—" if r["relative_change"] is None else f"{100 * r['relative_change']:+.1f}%"]
+                           "—" if r["relative_change"] is None else percent_change(r["relative_change"])]
                           for r in s["shuffle"]]))
     if s["tuning"]:
         parts.append("## Tuning\n" + markdown_table(
@@ -676,25 +681,26 @@ def build(study: optuna.Study, storage: str, out: Path, formats: list[str], n_bo
     lost = frame.lost_claim.eq(True).sum() if "lost_claim" in frame else 0
     figs = Figures(out, formats)
     summary = {
-        "study": study.study_name, "storage": shown(storage), "out": str(out),
+        "study": study.study_name, "storage": masked(storage), "out": str(out),
         "objectives": objective_names(study), "directions": [d.name.lower() for d in study.directions],
         "n_trials": len(frame), "trials": frame.state.value_counts().sort_index().to_dict(), "lost_claims": int(lost),
         "phases": frame.phase.dropna().value_counts().sort_index().to_dict(),
         "n_final": len(final), "axes": keys, "seeds": unique(final, "seed"), "budget": budget(frame, final),
         "arms": arm_table(final, keys, failed), "power_law": [], "shuffle": [], "tuning": [], "importance_note": None,
     }
+    data_keys = data_axis(final, keys)
     if "train_size" in final and final.train_size.nunique() >= 3:
-        series = label(final, [k for k in keys if k != "train_size"], whole_arm=False)
+        series = label(final, [k for k in keys if k not in data_keys], whole_arm=False)
         summary["power_law"] = scaling_fits(final, series, n_boot)
         plot_scaling(figs, final, series, summary["power_law"])
-    pareto(figs, final, keys)
+    pareto(figs, final, [k for k in keys if k not in data_keys])
     if "shuffle" in final and final.shuffle.nunique() > 1:
         largest = final if "train_size" not in final else final[final.train_size == final.train_size.max()]
-        series = label(largest, [k for k in keys if k not in ("shuffle", "train_size")], whole_arm=False)
+        series = label(largest, [k for k in keys if k not in ("shuffle", *data_keys)], whole_arm=False)
         summary["shuffle"] = shuffle_table(largest, series)
         plot_shuffle(figs, largest, series)
     if len(final) and final.history.map(len).max() > 1:
-        plot_curves(figs, final, keys)
+        plot_curves(figs, final, [k for k in keys if k not in data_keys[1:]])
     tuning(figs, summary, study, frame, keys)
     summary["figures"] = figs.made
     summary = clean(summary)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import sqlalchemy.engine
 import sqlalchemy.exc
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
@@ -41,6 +40,7 @@ from . import experiment, train
 from .cli import positive_int
 from .errors import RunFailed, UsageError
 from .experiment import Arm, Experiment
+from .storage_url import journal_path, masked
 
 HEARTBEAT_ATTR = "ablate:heartbeat"  # unix time, for storages without optuna's heartbeat (journal files)
 LIVE = (TrialState.RUNNING,)
@@ -88,21 +88,6 @@ def log(msg: str) -> None:
 
 
 # -- storage ------------------------------------------------------------------------------------------------------
-def journal_path(url: str) -> Path | None:
-    if url.startswith("journal:"):
-        return Path(url.split(":", 1)[1])
-    if "://" not in url and url.endswith((".log", ".journal")):
-        return Path(url)
-    return None
-
-
-def masked(url: str) -> str:
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except (sqlalchemy.exc.ArgumentError, ValueError):
-        return url
-
-
 def open_storage(url: str, heartbeat: int) -> BaseStorage:
     """An optuna storage for --storage; anything unusable is a UsageError naming the URL and why."""
     path = journal_path(url)

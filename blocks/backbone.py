@@ -43,7 +43,7 @@ class MetaFormerConfig:
     norm_eps: float = 1e-6               # eps of every norm
     pos_embed: str = "none"              # none | learned | sincos (added after the stem, isotropic models only)
     head: str = "avg"                    # avg: mean over the grid | token: a class token mixed with the grid, read out (ViT)
-    head_norm: str = "post"              # pre: norm tokens then pool (ViT, Mixer) | post: pool then norm (MetaFormer)
+    head_norm: str = "post"              # pre: norm, pool (ViT, Mixer) | post: pool, norm (MetaFormer) | none
     head_norm_name: str | None = None    # norm type of the head norm, None = same as `norm`
     head_norm_eps: float | None = None   # eps of the head's norms, None = norm_eps (PoolFormer v1: 1e-5 in blocks, 1e-6 here)
     head_hidden_ratio: float = 0.0       # 0: linear classifier; > 0: MLP head with this ratio (MetaFormer v2)
@@ -233,7 +233,8 @@ class MetaFormer(nn.Module):
 
         width = cfg.dims[-1]
         head_eps = cfg.norm_eps if cfg.head_norm_eps is None else cfg.head_norm_eps
-        self.head_norm = make_norm(cfg.head_norm_name or cfg.norm, width, head_eps)
+        self.head_norm = (nn.Identity() if cfg.head_norm == "none"
+                          else make_norm(cfg.head_norm_name or cfg.norm, width, head_eps))
         self.head_drop = nn.Dropout(cfg.drop)
         self.head = (nn.Identity() if not cfg.num_classes  # timm's headless models (vit_large_patch32_224)
                      else MlpHead(width, cfg.num_classes, cfg.head_hidden_ratio, cfg.head_norm_name or cfg.norm,

@@ -116,6 +116,14 @@ def test_class_token_head(spatial: str):
     assert model.cls_token.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("head_norm", ["pre", "post", "none"])
+def test_every_head_norm_parameter_is_used(head_norm: str):
+    model = blocks.create("tiny", head_norm=head_norm)
+    model(torch.randn(2, 1, 28, 28)).sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not unused, f"parameters that never get a gradient: {unused}"
+
+
 def test_class_token_needs_a_token_mixer():
     with pytest.raises(blocks.ConfigError, match="cannot reach a class token; build the model with head='avg'"):
         blocks.create("tiny", spatial="conv", head="token")

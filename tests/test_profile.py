@@ -9,7 +9,7 @@ import timm
 import torch
 
 import blocks
-from ablate import matching, train
+from ablate import matching, profile, train
 from ablate.cli import main as cli_main
 from ablate.profile import UNCOUNTED, count_macs, count_params, flop_counter_macs, mac_analysis
 
@@ -212,3 +212,12 @@ def test_run_record_says_what_it_was_matched_to(tmp_path):
 def test_run_match_needs_a_reference(capsys, tmp_path):
     assert cli_main(["--match", "params", "--dataset", "synthetic", "--out", str(tmp_path)]) == 2
     assert "--match-to" in capsys.readouterr().err
+
+
+def test_slow_models_do_not_print_zero_images_per_second():
+    row = {"spatial": "attention", "channel": "mlp", "preset": "vit-s16", "img_size": 224, "tokens": 196,
+           "params": 22_050_664, "params_frozen": 0, "macs": 4_608_000_000, "train_img_s": profile.significant(0.04123),
+           "infer_img_s": profile.significant(1234.567), "peak_mem_mb": 900.0, "mfu": 0.01}
+    assert (row["train_img_s"], row["infer_img_s"]) == (0.04123, 1235.0)
+    table = profile.format_table([row])
+    assert " 0.041 " in table and " 1,235 " in table

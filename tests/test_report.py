@@ -278,7 +278,9 @@ def test_bad_format_exits_2(storage, capsys):
 
 
 def test_password_is_hidden():
-    assert "secret" not in report.shown("postgresql://me:secret@db.example/ablate")
+    from ablate.storage_url import masked
+    assert "secret" not in masked("postgresql://me:secret@db.example/ablate")
+    assert masked("postgresql://me:secret@db.example/ablate").startswith("postgresql://me:")
 
 
 def test_scaling_without_bootstrap_reports_the_fit_alone(storage, tmp_path, capsys):
@@ -294,6 +296,21 @@ def test_scaling_without_bootstrap_reports_the_fit_alone(storage, tmp_path, caps
     fit = doc["power_law"][0]["fit"]
     assert fit["b"]["value"] > 0 and fit["b"]["ci95"] == [None, None]
     assert "| mlp | 3 | 3 |" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_axes_linked_to_the_train_size_are_part_of_the_data_axis(storage, tmp_path, capsys):
+    """A linked `data` axis sets epochs per train size: one curve per mixer, not one per epochs value."""
+    study = optuna.create_study(study_name="linked", storage=storage, direction="maximize")
+    for spatial in ("conv", "mlp"):
+        for size, epochs in ((500, 8), (2000, 2), (8000, 1)):
+            for seed in (0, 1):
+                rec = record(spatial, size, "none", seed) | {"epochs": epochs}
+                axes = {"spatial": spatial, "train_size": size, "epochs": epochs}
+                study.add_trial(final_trial(axes, rec))
+    code, doc = run_report(storage, "linked", tmp_path / "r", capsys=capsys)
+    assert code == 0 and doc["axes"] == ["spatial", "train_size", "epochs"]
+    assert [(p["series"], p["sizes"]) for p in doc["power_law"]] == [("conv", 3), ("mlp", 3)]
+    assert {f["name"] for f in doc["figures"]} >= {"scaling", "pareto_macs"}
 
 
 @pytest.mark.slow
