@@ -73,12 +73,6 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                          f"{first_line(e.__cause__ or e)}") from None
 
 
-def percent_change(ratio: float) -> str:
-    """+1.4%, -0.4%, and 0.0% for a change that rounds away (not -0.0%)."""
-    text = f"{100 * ratio:+.1f}%"
-    return "0.0%" if text in ("+0.0%", "-0.0%") else text
-
-
 def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
@@ -537,6 +531,12 @@ def budget(frame: pd.DataFrame, final: pd.DataFrame) -> dict:
                                          "config.augment")}
     doc["train_time_s_total"] = float(frame.train_time_s.sum()) if "train_time_s" in frame else 0.0
     return doc
+
+
+def percent_change(ratio: float) -> str:
+    """+1.4%, -0.4%, and 0.0% for a change that rounds away (not -0.0%)."""
+    text = f"{100 * ratio:+.1f}%"
+    return "0.0%" if text in ("+0.0%", "-0.0%") else text
 
 
 def listing(values: list) -> str:
