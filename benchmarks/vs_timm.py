@@ -25,8 +25,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import blocks
-from ablate.io import atomic_write
-from ablate.profile import infer_step, train_step
+from ablate.engines.measure import infer_step, step_times, train_step
+from ablate.foundations.io import atomic_write
+from ablate.foundations.runtime import usable_cores
 from blocks.timm_convert import convert_state, family_of
 
 SHAPE = dict(img_size=28, in_chans=1, num_classes=10)
@@ -72,17 +73,6 @@ def build_pair(name: str) -> tuple[nn.Module, nn.Module]:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def step_times(step, warmup: int, repeats: int, clock) -> list[float]:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        step()
-        times.append(clock() - start)
-    return times
-
-
 def compare(name: str, batch_size: int, rounds: int, warmup: int, repeats: int, clock) -> dict:
     """Images/s of ours and timm's, training and inference, alternating the two models each round."""
     models = dict(zip(("ablate", "timm"), build_pair(name)))
@@ -96,7 +86,7 @@ def compare(name: str, batch_size: int, rounds: int, warmup: int, repeats: int, 
                 models[who].train()
             else:
                 models[who].eval()
-            times[who, mode] += step_times(step, warmup, repeats, clock)
+            times[who, mode] += step_times(step, warmup, repeats, torch.device("cpu"), clock)
     row = {"model": name, "batch": batch_size,
            "params": sum(p.numel() for p in models["ablate"].parameters())}
     for (who, mode), ts in times.items():
@@ -148,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in PAIRS]
     if unknown:
         p.error(f"unknown model {', '.join(unknown)}; valid: {', '.join(PAIRS)}")
-    from ablate.train import usable_cores
     torch.set_num_threads(args.threads or (1 if args.clock == "cpu" else usable_cores()))
     if args.clock == "cpu" and torch.get_num_threads() > 1:
         p.error("--clock cpu sums the CPU time of all threads (spin-waits included); use it with --threads 1")

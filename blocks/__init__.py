@@ -2,7 +2,8 @@
 
 Importable without `ablate`: `blocks.create("tiny", spatial="attention")`.
 """
-from .backbone import MetaFormer, MetaFormerConfig
+from .backbone import MetaFormer
+from .config import MetaFormerConfig
 from .channel import CHANNEL
 from .errors import ConfigError
 from .presets import PRESETS, create, preset_config

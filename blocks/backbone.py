@@ -11,61 +11,36 @@ CAFormer). Everything that differs between those families is a field of MetaForm
 so swapping the spatial mixer changes exactly one thing.
 """
 import inspect
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 
 import torch
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from .channel import CHANNEL
+from .config import MetaFormerConfig, validate
 from .errors import ConfigError
 from .layers import make_act, make_norm
 from .pos_embed import sincos_2d
 from .spatial import SPATIAL
 
 
-@dataclass(frozen=True)
-class MetaFormerConfig:
-    img_size: int = 28                   # input height = width in pixels
-    in_chans: int = 1                    # input channels (1 for Fashion-MNIST, 3 for RGB)
-    num_classes: int = 10                # classifier outputs; 0 = no classifier, forward returns features (timm)
-    depths: tuple[int, ...] = (6,)       # blocks per stage: one entry = isotropic, several = hierarchical
-    dims: tuple[int, ...] = (64,)        # channels per stage
-    spatial: str | tuple[str, ...] = "mlp"   # spatial mixer name (blocks.SPATIAL), or one per stage
-    channel: str | tuple[str, ...] = "mlp"   # channel mixer name (blocks.CHANNEL), or one per stage
-    spatial_options: dict = field(default_factory=dict)  # {mixer name: options}; used only where that mixer is
-    channel_options: dict = field(default_factory=dict)  # {mixer name: options}; same for channel mixers
-    stem: str = "patch"                  # patch: k = s = patch_size conv; overlap: k7 s4 p2 (MetaFormer); conv: 3x3 s2 convs
-    patch_size: int = 4                  # total stride of the stem
-    stem_norm: str | None = None         # norm after the stem conv (MetaFormer v2), None = none
-    downsample_norm: str | None = None   # norm before each between-stage downsampling conv, None = none
-    norm: str = "layer"                  # block norm: layer | layer-nobias | batch | group1 | group1-nobias
-    norm_eps: float = 1e-6               # eps of every norm
-    pos_embed: str = "none"              # none | learned | sincos (added after the stem, isotropic models only)
-    head: str = "avg"                    # avg: mean over the grid | token: a class token mixed with the grid, read out (ViT)
-    head_norm: str = "post"              # pre: norm, pool (ViT, Mixer) | post: pool, norm (MetaFormer) | none
-    head_norm_name: str | None = None    # norm type of the head norm, None = same as `norm`
-    head_norm_eps: float | None = None   # eps of the head's norms, None = norm_eps (PoolFormer v1: 1e-5 in blocks, 1e-6 here)
-    head_hidden_ratio: float = 0.0       # 0: linear classifier; > 0: MLP head with this ratio (MetaFormer v2)
-    layer_scale: float | tuple | None = None  # init value of per-channel scale on each branch, None = off; or per stage
-    res_scale: float | tuple | None = None    # init value of per-channel scale on the residual (MetaFormer v2)
-    drop_path: float = 0.0               # stochastic depth, rising linearly to this over all blocks
-    drop: float = 0.0                    # dropout before the classifier
+def build_mixer(registry: dict, kind: str, name: str, dim: int, options: dict, prefix_tokens: int = 0,
+                **positional) -> nn.Module:
+    """Builds one mixer by name with only its own options; unknown names and options are ConfigErrors.
 
-    def per_stage(self, value):
-        return tuple(value) if isinstance(value, (tuple, list)) else (value,) * len(self.depths)
-
-
-def build_mixer(registry: dict, kind: str, name: str, dim: int, options: dict, **positional) -> nn.Module:
-    """Builds one mixer by name with only its own options; unknown names and options are ConfigErrors."""
+    With class tokens (`prefix_tokens` > 0) the mixer must reach them (its `reaches_prefix` trait), and a
+    grid-tied one is told how many there are, as its weights are tied to the token count.
+    """
     if name not in registry:
         raise ConfigError(f"unknown {kind} mixer {name!r}; valid: {', '.join(registry)}")
     cls = registry[name]
-    signature = inspect.signature(cls).parameters
-    if "prefix_tokens" in positional and "prefix_tokens" not in signature:
+    if prefix_tokens and not cls.reaches_prefix:
         raise ConfigError(f"{kind} mixer {name!r} mixes a grid and cannot reach a class token; "
                           f"build the model with head='avg'")
-    accepted = [p for p in signature if p not in ("dim", "prefix_tokens", *positional)]
+    if prefix_tokens and cls.grid_tied:
+        positional["prefix_tokens"] = prefix_tokens
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("dim", "prefix_tokens", *positional)]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(f"{kind} mixer {name!r} has no option {', '.join(map(repr, unknown))}; "
@@ -132,7 +107,7 @@ class Stem(nn.Module):
             if p != 4:
                 raise ConfigError(f"the overlapping stem has stride 4, not patch_size {p}")
             self.conv = nn.Conv2d(cfg.in_chans, dim, 7, stride=4, padding=2)
-        elif cfg.stem == "conv":
+        else:  # conv
             n = p.bit_length() - 1
             if 2 ** n != p or n < 1:
                 raise ConfigError(f"the conv stem halves the size per conv, so patch_size must be a power of 2, not {p}")
@@ -143,8 +118,6 @@ class Stem(nn.Module):
                 if i < n - 1:
                     layers += [nn.BatchNorm2d(widths[i + 1]), nn.GELU()]
             self.conv = nn.Sequential(*layers)
-        else:
-            raise ConfigError(f"unknown stem {cfg.stem!r}; valid: patch, overlap, conv")
         self.norm = optional(cfg.stem_norm and make_norm(cfg.stem_norm, dim, cfg.norm_eps))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,9 +150,6 @@ class MlpHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
-
-
-GRID_TIED = {"mlp": "token-mixing MLP", "random": "random mixing matrix"}
 
 
 def grid_sizes(cfg: MetaFormerConfig) -> list[tuple[int, int]]:
@@ -226,7 +196,7 @@ class MetaFormer(nn.Module):
                 blocks.append(Block(
                     dim,
                     build_mixer(SPATIAL, "spatial", spatial[i], dim, cfg.spatial_options.get(spatial[i], {}),
-                                grid=grid, **({"prefix_tokens": prefix_tokens} if prefix_tokens else {})),
+                                prefix_tokens, grid=grid),
                     build_mixer(CHANNEL, "channel", channel[i], dim, cfg.channel_options.get(channel[i], {})),
                     cfg, rates.pop(0), layer_scales[i], res_scales[i]))
             self.stages.append(nn.Sequential(*blocks))
@@ -263,7 +233,7 @@ class MetaFormer(nn.Module):
         expected = grid_sizes(self.cfg)[0]
         if grid == expected:
             return
-        tied = [GRID_TIED[name] for name in self.cfg.per_stage(self.cfg.spatial) if name in GRID_TIED]
+        tied = [SPATIAL[name].grid_tied for name in self.cfg.per_stage(self.cfg.spatial) if SPATIAL[name].grid_tied]
         tied += ["position embedding"] if self.pos_embed is not None else []
         if tied:
             raise ConfigError(f"this model was built for {self.cfg.img_size} px images ({expected[0]}x{expected[1]} "
@@ -282,37 +252,16 @@ class MetaFormer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(*self.forward_features(x))
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm's optimizer factory keeps out of weight decay, beside norms and biases (1-D): position
+        embeddings and class tokens, as in timm's ViT."""
+        return {name for name in ("pos_embed", "prefix_pos_embed", "cls_token")
+                if isinstance(getattr(self, name, None), nn.Parameter)}
+
 
 def init_weights(m: nn.Module) -> None:
     if isinstance(m, (nn.Linear, nn.Conv2d)):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-
-
-def validate(cfg: MetaFormerConfig) -> None:
-    n = len(cfg.depths)
-    if len(cfg.dims) != n:
-        raise ConfigError(f"depths has {n} stages but dims has {len(cfg.dims)}")
-    for name in ("spatial", "channel", "layer_scale", "res_scale"):
-        value = getattr(cfg, name)
-        if isinstance(value, (tuple, list)) and len(value) != n:
-            raise ConfigError(f"{name} lists {len(value)} entries for {n} stages")
-    for name, choices in (("pos_embed", ("none", "learned", "sincos")), ("head", ("avg", "token")),
-                          ("head_norm", ("pre", "post", "none"))):
-        if getattr(cfg, name) not in choices:
-            raise ConfigError(f"unknown {name} {getattr(cfg, name)!r}; valid: {', '.join(choices)}")
-    if cfg.pos_embed != "none" and n > 1:
-        raise ConfigError("a positional embedding needs the isotropic shape (one stage)")
-    if cfg.head == "token" and (n > 1 or not cfg.norm.startswith("layer")):
-        raise ConfigError("a class token (head='token') needs one stage and a per-token norm (layer, layer-nobias)")
-    if cfg.img_size <= 0 or cfg.patch_size <= 0:
-        raise ConfigError("img_size and patch_size must be positive")
-
-
-def config_dict(cfg: MetaFormerConfig) -> dict:
-    """JSON-ready form of a config (tuples become lists)."""
-    return asdict(cfg)
-
-
-CONFIG_FIELDS = tuple(f.name for f in fields(MetaFormerConfig))

@@ -1,7 +1,8 @@
 """Named architectures: CPU-sized ones for 28-32 px inputs and published ones (timm parity)."""
 from dataclasses import replace
 
-from .backbone import CONFIG_FIELDS, MetaFormer, MetaFormerConfig
+from .backbone import MetaFormer
+from .config import CONFIG_FIELDS, MetaFormerConfig
 from .errors import ConfigError
 from .published import PUBLISHED
 

@@ -4,7 +4,7 @@ Every family is the same backbone with different options; mixer options sit unde
 name, so `create("vit-s16", spatial="mlp")` drops ViT's head count and keeps everything else.
 `TIMM_NAMES` maps each preset to the timm model it reproduces (see blocks.timm_convert).
 """
-from .backbone import MetaFormerConfig
+from .config import MetaFormerConfig
 
 IMAGENET = dict(img_size=224, in_chans=3, num_classes=1000)
 

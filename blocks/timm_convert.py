@@ -7,7 +7,8 @@ import timm
 import torch
 from torch import nn
 
-from .backbone import MetaFormer, MetaFormerConfig
+from .backbone import MetaFormer
+from .config import MetaFormerConfig
 from .errors import ConfigError
 from .published import PUBLISHED, TIMM_NAMES
 

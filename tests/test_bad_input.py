@@ -1,11 +1,15 @@
 """The bad-input matrix: every wrong invocation exits 2 with a message naming the problem (and the valid
 choices where there are any), no traceback, and nothing already saved is touched."""
+import dataclasses
 import gzip
 import re
 
 import pytest
 
-from ablate.cli import main
+from ablate.commands import main
+from ablate.engines.training.plan import check
+from ablate.foundations.config import RunConfig
+from blocks.errors import ConfigError
 
 SYN = ["--dataset", "synthetic", "--epochs", "1"]
 GOOD_EXPERIMENT = '[study]\nname = "x"\nseeds = [0]\n[run]\ndataset = "synthetic"\nepochs = 1\n[arms]\nspatial = ["conv"]\n'
@@ -34,6 +38,14 @@ CASES = {
     "class token with a grid mixer": (["--spatial", "conv", "--model-opt", "head=token", *SYN],
                                       r"'conv' mixes a grid and cannot reach a class token"),
     "corrupt dataset file": (["--data-dir", "{tmp}/corrupt", "--epochs", "1"], r"corrupt/train-images-idx3-ubyte.gz"),
+    "data dir not a folder": (["--data-dir", "{tmp}/nowhere", "--epochs", "1"], r"--data-dir .*nowhere is not a folder"),
+    "data dir without the dataset": (["--data-dir", "{tmp}/empty", "--epochs", "1"],
+                                     r"--data-dir .*empty does not hold fashion-mnist"),
+    "drop path above 1": (["--model-opt", "drop_path=1.5", *SYN], r"drop_path = 1.5 is out of range: drop_path in \[0, 1\)"),
+    "wrong type of model option": (["--model-opt", "depths=four", *SYN], r"depths = 'four' must be a list of whole numbers"),
+    "malformed JSON model option": (["--model-opt", "depths=[4,", *SYN], r"depths: malformed JSON value '\[4,'"),
+    "model too large to allocate": (["--model-opt", "dims=[32768]", *SYN], r"needs .* GiB .* more than the .* GiB free"),
+    "reserved model option": (["--model-opt", "spatial=conv", *SYN], r"model_options may not set spatial"),
     # profile
     "profile unknown mixer": (["profile", "--spatial", "attention,sa"], r"unknown spatial mixer 'sa'; valid: attention"),
     "profile size not divisible": (["profile", "--spatial", "conv", "--img-size", "30"], r"not divisible by the patch size"),
@@ -63,6 +75,7 @@ def files(tmp_path):
     (tmp_path / "unknown-key.toml").write_text(GOOD_EXPERIMENT.replace("seeds = [0]", "sedes = [0]"))
     (tmp_path / "wrong-type.toml").write_text(GOOD_EXPERIMENT.replace("seeds = [0]", 'seeds = "zero"'))
     (tmp_path / "unknown-mixer.toml").write_text(GOOD_EXPERIMENT.replace('["conv"]', '["sa"]'))
+    (tmp_path / "empty").mkdir()
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -92,3 +105,17 @@ def test_bad_input_exits_2(case, files, capsys, monkeypatch):
 def test_matrix_is_wide():
     commands = {argv[0] if argv[0] in ("profile", "study", "report", "list") else "run" for argv, _ in CASES.values()}
     assert commands == {"run", "profile", "study", "report", "list"} and len(CASES) >= 20
+
+
+RUN_BAD_VALUES = {"spatial": "sa", "channel": "moe", "preset": "giant", "model_options": [], "match": "flops",
+                  "match_to": 3, "dataset": "imagenet", "img_size": 0, "data_dir": 5, "train_size": 0, "epochs": 0,
+                  "eval_every": 0, "batch_size": 0, "lr": 0.0, "weight_decay": -1.0, "warmup_epochs": -1.0,
+                  "label_smoothing": 1.0, "augment": "yes", "shuffle": "rows", "seed": "zero", "device": "tpu",
+                  "compile": 1, "out": 5}
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(RunConfig)])
+def test_every_run_config_field_is_checked(name):
+    """The one check (training.plan.check) names any field with a wrong type or value, before data or files."""
+    with pytest.raises(ConfigError, match=name):
+        check(RunConfig(**{name: RUN_BAD_VALUES[name]}))

@@ -1,4 +1,6 @@
 """Every registered spatial x channel mixer pair in both backbone shapes: shape, finite loss, gradients."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -46,7 +48,7 @@ def test_channel_mixer_keeps_shape(channel: str):
 
 
 def test_random_mixer_is_frozen_and_counted():
-    from ablate.profile import count_params
+    from ablate.engines.cost import count_params
     trainable, frozen = count_params(blocks.create("tiny", spatial="random"))
     assert frozen == 4 * 49 * 49  # one 49x49 matrix per block
     assert trainable == count_params(blocks.create("tiny", spatial="identity"))[0]
@@ -134,3 +136,29 @@ def test_per_stage_mixers_in_hierarchical_shape():
     kinds = [type(stage[-1].spatial).__name__ for stage in model.stages]
     assert kinds == ["DepthwiseConv", "DepthwiseConv", "Attention", "Attention"]
     assert len(model.stages) == 4
+
+
+def test_weight_decay_skips_embeddings_class_token_norms_and_biases():
+    from ablate.engines.training.step import make_optimizer
+    model = blocks.create("tiny", spatial="attention", head="token")
+    assert model.no_weight_decay() == {"pos_embed", "prefix_pos_embed", "cls_token"}
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for g in make_optimizer(model, 1e-3, 0.05).param_groups if g["weight_decay"] > 0
+               for p in g["params"]}
+    assert {"pos_embed", "prefix_pos_embed", "cls_token"}.isdisjoint(decayed)
+    assert not any(n.endswith(".bias") or ".norm" in n for n in decayed)
+    assert "stages.0.0.spatial.qkv.weight" in decayed and "head.weight" in decayed
+
+
+BAD_VALUES = {"img_size": 0, "in_chans": -1, "num_classes": -1, "depths": (0,), "dims": (-8,), "spatial": 3,
+              "channel": None, "spatial_options": [], "channel_options": {"mlp": 4}, "stem": "pixel",
+              "patch_size": 0, "stem_norm": "rms", "downsample_norm": 1, "norm": "rms", "norm_eps": 0.0,
+              "pos_embed": "rope", "head": "cls", "head_norm": "mid", "head_norm_name": "rms", "head_norm_eps": -1.0,
+              "head_hidden_ratio": -1.0, "layer_scale": -1e-5, "res_scale": "one", "drop_path": 1.5, "drop": -0.1}
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(blocks.MetaFormerConfig)])
+def test_every_config_field_is_checked(name):
+    """A wrong type or an out-of-range value of any field is a ConfigError naming it, before anything is built."""
+    with pytest.raises(blocks.ConfigError, match=name.split("_options")[0] if "options" in name else name):
+        blocks.create("tiny", **{name: BAD_VALUES[name]})

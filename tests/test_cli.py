@@ -1,5 +1,6 @@
 """The CLI as a user runs it: exit codes, messages, the run record, and real training on Fashion-MNIST."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,17 @@ def test_resume_continues_the_unfinished_run(cli, tmp_path):
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["run_id"] == run_dir.name
     assert "resuming" in again.stderr
+
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_runs.json").read_text())
+
+
+@pytest.mark.parametrize("golden", GOLDEN["runs"], ids=lambda g: g["argv"][1])
+def test_same_results_to_the_last_digit_as_before_the_refactor(cli, tmp_path, golden):
+    """Short synthetic runs recorded with the code before the one-way-layers refactor (tests/data): the same
+    parameters, MACs and per-epoch train loss, test accuracy and test loss, to the last digit, on CPU."""
+    out = cli(*golden["argv"], "--out", str(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert (record["params"], record["macs"]) == (golden["params"], golden["macs"])
+    assert [[h["train_loss"], h["test_acc"], h["test_loss"]] for h in record["history"]] == golden["history"]

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ablate import data
-from ablate.errors import DataError
+from ablate.engines import data
+from ablate.engines.data import idx, search, subsets, transforms
+from ablate.engines.data.memory import Batches
+from ablate.engines.data.transforms import Transform
+from ablate.foundations.errors import DataError
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -23,7 +26,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 def write_fake_mnist(folder: Path, n_train: int = 60, n_test: int = 20) -> None:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
-    for (images, labels), n in zip(data.IDX_FILES.values(), (n_train, n_test)):
+    for (images, labels), n in zip(idx.IDX_FILES.values(), (n_train, n_test)):
         write_idx(folder / images, rng.integers(0, 256, (n, 28, 28)))
         write_idx(folder / labels, np.arange(n) % 10)
 
@@ -33,7 +36,7 @@ def isolated(monkeypatch, tmp_path):
     """No env dir, an empty cache and no Debian package: only what the test provides is found."""
     monkeypatch.delenv("ABLATE_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(search, "DEBIAN_DIR", tmp_path / "no-debian")
     return tmp_path
 
 
@@ -73,18 +76,18 @@ def test_download_checks_md5_and_caches(isolated, mirror, monkeypatch):
     """The upstream path for real: torchvision's download over HTTP from a mirror, md5 checked."""
     folder, url = mirror
     resources = [(name, hashlib.md5((folder / name).read_bytes()).hexdigest())
-                 for pair in data.IDX_FILES.values() for name in pair]
-    monkeypatch.setattr(data.tv.FashionMNIST, "mirrors", [url])
-    monkeypatch.setattr(data.tv.FashionMNIST, "resources", resources)
+                 for pair in idx.IDX_FILES.values() for name in pair]
+    monkeypatch.setattr(idx.tv.FashionMNIST, "mirrors", [url])
+    monkeypatch.setattr(idx.tv.FashionMNIST, "resources", resources)
     ds = data.load("fashion-mnist")
     assert len(ds.train_y) == 60 and len(ds.test_y) == 20
     assert (isolated / "cache" / "ablate" / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file()
 
 
 def test_download_with_bad_checksum_leaves_nothing(isolated, mirror, monkeypatch):
-    resources = [(name, "0" * 32) for pair in data.IDX_FILES.values() for name in pair]
-    monkeypatch.setattr(data.tv.FashionMNIST, "mirrors", [mirror[1]])
-    monkeypatch.setattr(data.tv.FashionMNIST, "resources", resources)
+    resources = [(name, "0" * 32) for pair in idx.IDX_FILES.values() for name in pair]
+    monkeypatch.setattr(idx.tv.FashionMNIST, "mirrors", [mirror[1]])
+    monkeypatch.setattr(idx.tv.FashionMNIST, "resources", resources)
     with pytest.raises(DataError, match="md5"):
         data.load("fashion-mnist")
     assert list((isolated / "cache" / "ablate" / "fashion-mnist").iterdir()) == []
@@ -108,22 +111,22 @@ def test_unknown_dataset_lists_valid():
 
 def test_nested_stratified_subsets():
     labels = torch.arange(1000) % 10
-    small, large = data.nested_subset(labels, 100, seed=3), data.nested_subset(labels, 500, seed=3)
+    small, large = subsets.nested_subset(labels, 100, seed=3), subsets.nested_subset(labels, 500, seed=3)
     assert set(small.tolist()) <= set(large.tolist())
     assert labels[small].bincount().tolist() == [10] * 10
-    assert not torch.equal(small, data.nested_subset(labels, 100, seed=4))
+    assert not torch.equal(small, subsets.nested_subset(labels, 100, seed=4))
     with pytest.raises(DataError, match="outside 1..1000"):
-        data.nested_subset(labels, 1001, seed=0)
+        subsets.nested_subset(labels, 1001, seed=0)
 
 
 def test_augment_crops_and_flips_per_image():
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
     g = torch.Generator().manual_seed(0)
-    out = data.augment(x.repeat(64, 1, 1, 1), pad=2, flip=True, generator=g)
+    out = transforms.augment(x.repeat(64, 1, 1, 1), pad=2, flip=True, generator=g)
     assert out.shape == (128, 1, 6, 6)
     distinct = {tuple(o.flatten().tolist()) for o in out[::2]}
     assert len(distinct) > 10  # offsets and flips differ per image
-    unpadded = data.augment(x, pad=0, flip=False, generator=g)
+    unpadded = transforms.augment(x, pad=0, flip=False, generator=g)
     assert torch.equal(unpadded, x)
 
 
@@ -131,7 +134,7 @@ def test_batches_cover_epoch_in_seeded_order():
     x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 1, 2, 2).contiguous()
     y = torch.arange(100)
     mean, std = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
-    batches = data.Batches(x, y, 10, mean, std, train=True, seed=1)
+    batches = Batches(x, y, 10, Transform(mean, std), train=True, seed=1)
     first = torch.cat([b for _, b in batches.epoch(0)])
     assert sorted(first.tolist()) == list(range(100))
     assert torch.equal(first, torch.cat([b for _, b in batches.epoch(0)]))

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate import data, distributed
-from ablate.errors import UsageError
+from ablate.engines.data import transforms
+from ablate.engines.data.memory import Batches
+from ablate.engines.data.transforms import Transform
+from ablate.foundations import distributed
+from ablate.foundations.errors import UsageError
 from conftest import ROOT, run_cli, wait_for_first_epoch
 
 NO_CUDA = not torch.cuda.is_available()
@@ -58,8 +61,8 @@ def test_ranks_together_take_the_single_process_batches(world):
     n, global_batch = 1030, 40  # n not a multiple of the batch or the world
     x = torch.arange(n).view(n, 1, 1, 1).to(torch.uint8)  # pixel values are irrelevant; labels identify images
     y, mean, std = torch.arange(n), torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
-    one = data.Batches(x, y, global_batch, mean, std, train=True, seed=5)
-    ranks = [data.Batches(x, y, global_batch // world, mean, std, train=True, seed=5, rank=r, world=world)
+    one = Batches(x, y, global_batch, Transform(mean, std), train=True, seed=5)
+    ranks = [Batches(x, y, global_batch // world, Transform(mean, std), train=True, seed=5, rank=r, world=world)
              for r in range(world)]
     assert all(len(b) == len(one) == n // global_batch for b in ranks)  # same steps, so the same lr schedule
     for epoch in (0, 1):
@@ -71,7 +74,7 @@ def test_ranks_together_take_the_single_process_batches(world):
 def test_evaluation_shards_cover_every_image_once():
     n, world = 1003, 4
     x, y = torch.zeros(n, 1, 1, 1, dtype=torch.uint8), torch.arange(n)
-    shards = [data.Batches(x, y, 100, torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1), rank=r, world=world)
+    shards = [Batches(x, y, 100, Transform(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)), rank=r, world=world)
               for r in range(world)]
     seen = torch.cat([b for s in shards for _, b in s.epoch(0)])
     assert sorted(seen.tolist()) == list(range(n))
@@ -165,7 +168,7 @@ def test_augment_runs_on_the_images_device():
     """Random draws come from a CPU generator; the crop and flip must still index on the batch's device (meta
     stands in for a GPU here: a CPU index or mask meeting it fails just as on CUDA)."""
     x = torch.empty(8, 3, 32, 32, device="meta")
-    out = data.augment(x, pad=4, flip=True, generator=torch.Generator().manual_seed(0))
+    out = transforms.augment(x, pad=4, flip=True, generator=torch.Generator().manual_seed(0))
     assert out.device.type == "meta" and out.shape == x.shape
 
 

@@ -10,8 +10,9 @@ import time
 import pytest
 import torch
 
-from ablate import train
-from ablate.errors import RunFailed
+from ablate.engines.training import runs, trainer
+from ablate.foundations.config import RunConfig
+from ablate.foundations.errors import RunFailed
 from conftest import ROOT, run_cli, wait_for_first_epoch
 
 ARGS = ["--dataset", "synthetic", "--epochs", "3", "--batch-size", "50", "--train-size", "500", "--seed", "7"]
@@ -65,11 +66,11 @@ def test_full_disk_keeps_the_previous_epoch(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(path, obj)
 
-    real_save = train.save_torch
-    monkeypatch.setattr(train, "save_torch", save_until_full)
-    cfg = train.RunConfig(dataset="synthetic", train_size=300, epochs=3, batch_size=100, out=str(tmp_path))
+    real_save = trainer.save_torch
+    monkeypatch.setattr(trainer, "save_torch", save_until_full)
+    cfg = RunConfig(dataset="synthetic", train_size=300, epochs=3, batch_size=100, out=str(tmp_path))
     with pytest.raises(RunFailed, match="cannot save epoch 2 .*No space left on device.*--resume"):
-        train.run(cfg, quiet=True)
+        runs.run(cfg, quiet=True)
     run_dir = next(tmp_path.glob("*/record.json")).parent
     assert json.loads((run_dir / "record.json").read_text())["status"] == "failed"
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
@@ -116,3 +117,20 @@ def test_study_with_two_workers_killed_twice_ends_with_every_cell_once(tmp_path)
     study = optuna.load_study(study_name="twice-killed", storage=f"sqlite:///{tmp_path}/s.db")
     done = [t.user_attrs["cell"] for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert sorted(done) == sorted(set(done)) and len(done) == 6
+
+
+@pytest.mark.parametrize("damage", ["checkpoint", "record"])
+def test_damaged_run_folder_under_resume_exits_2_and_is_left_as_it_was(tmp_path, damage):
+    args = ["--dataset", "synthetic", "--epochs", "2", "--batch-size", "100", "--train-size", "200",
+            "--out", str(tmp_path)]
+    first = run_cli(*args, "--json")
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / json.loads(first.stdout)["run_id"]
+    target = run_dir / ("checkpoint.pt" if damage == "checkpoint" else "record.json")
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 3])  # a torn write from another tool
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    again = run_cli(*args, "--resume", str(run_dir))
+    assert again.returncode == 2, again.stderr
+    assert "--resume" in again.stderr and target.name in again.stderr and "Traceback" not in again.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing touched
+    assert [p.name for p in tmp_path.iterdir()] == [run_dir.name]  # and no new run started

@@ -7,8 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ablate import data, stream
-from ablate.errors import DataError
+from ablate.engines import data
+from ablate.engines.data import folder as stream
+from ablate.engines.data.memory import Batches
+from ablate.engines.data.transforms import Transform
+from ablate.foundations.errors import DataError
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}  # one class each
 
@@ -54,7 +57,8 @@ def test_every_epoch_reads_the_disk(folder):
     """What an epoch yields is what is on disk when it runs, read through the loader's persistent workers."""
     ds = data.load(f"imagefolder:{folder}")
     zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
-    batches = stream.FolderBatches(ds.train, torch.arange(len(ds.train)), 12, zero, one, train=True, workers=2)
+    batches = stream.FolderBatches(ds.train, torch.arange(len(ds.train)), 12, Transform(zero, one), train=True,
+                                   workers=2)
     assert len(batches) == 5
     first = torch.cat([x for x, _ in batches.epoch(0)])
     assert first.std() > 0.1  # noisy colours
@@ -65,15 +69,15 @@ def test_every_epoch_reads_the_disk(folder):
 
 
 def test_order_matches_in_memory_batches(folder):
-    """The same (seed, epoch) order and rank sharding as data.Batches, so both kinds of data train alike."""
+    """The same (seed, epoch) order and rank sharding as memory.Batches, so both kinds of data train alike."""
     ds = data.load(f"imagefolder:{folder}")
     zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
     subset = torch.arange(0, 60, 2)  # a subset: positions in it map back to file indices
     for rank in (0, 1):
-        streamed = stream.FolderBatches(ds.train, subset, 5, zero, one, train=True, seed=4, rank=rank, world=2,
-                                        workers=0)
-        memory = data.Batches(torch.zeros(30, 3, 1, 1, dtype=torch.uint8), ds.train_y[subset], 5, zero, one,
-                              train=True, seed=4, rank=rank, world=2)
+        streamed = stream.FolderBatches(ds.train, subset, 5, Transform(zero, one), train=True, seed=4, rank=rank,
+                                        world=2, workers=0)
+        memory = Batches(torch.zeros(30, 3, 1, 1, dtype=torch.uint8), ds.train_y[subset], 5, Transform(zero, one),
+                         train=True, seed=4, rank=rank, world=2)
         assert len(streamed) == len(memory) == 3
         for epoch in (0, 1):
             got = [y.tolist() for _, y in streamed.epoch(epoch)]

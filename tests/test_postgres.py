@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from ablate.study import open_storage
+from ablate.foundations.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """

@@ -9,9 +9,13 @@ import timm
 import torch
 
 import blocks
-from ablate import matching, profile, train
-from ablate.cli import main as cli_main
-from ablate.profile import UNCOUNTED, count_macs, count_params, flop_counter_macs, mac_analysis
+from ablate.commands import main as cli_main
+from ablate.commands import profile
+from ablate.engines import matching
+from ablate.engines.cost import UNCOUNTED, count_macs, count_params, flop_counter_macs, mac_analysis
+from ablate.engines.training.runs import run
+from ablate.foundations.config import RunConfig
+from ablate.foundations.errors import UsageError
 
 ANCHORS = {  # published MACs at 224 px (the papers' "FLOPs"), timm model, blocks preset
     "vit_small_patch16_224": (4.6e9, "vit-s16"),
@@ -170,6 +174,14 @@ def test_matching_lands_within_2_percent(metric, reference):
             assert cfg.dims[0] % 32 == 0  # whole heads of head_dim 32
 
 
+def test_matching_that_misses_the_tolerance_is_an_error(monkeypatch):
+    """The 2% promise is checked on the model matching returns, not assumed: a miss is a UsageError saying by how much."""
+    target = matching.reference_target("tiny", "attention", "mlp", "params", {})
+    monkeypatch.setattr(matching, "TOLERANCE", 0.0)
+    with pytest.raises(UsageError, match=r"budget matching missed: tiny with pool/mlp .* from the target"):
+        matching.match_overrides("tiny", "pool", "mlp", "params", target + 1, {})
+
+
 def test_matching_keeps_fixed_head_counts_and_hierarchies():
     vit_like = {"spatial_options": {"attention": {"num_heads": 6}}, "dims": (96,)}
     target = matching.reference_target("tiny", "mlp", "glu", "params", vit_like)
@@ -198,9 +210,9 @@ def test_profile_match_flag(capsys, tmp_path, sizes):
 
 
 def test_run_record_says_what_it_was_matched_to(tmp_path):
-    cfg = train.RunConfig(spatial="pool", match="params", match_to="attention", dataset="synthetic",
+    cfg = RunConfig(spatial="pool", match="params", match_to="attention", dataset="synthetic",
                           train_size=200, epochs=1, batch_size=100, device="cpu", out=str(tmp_path))
-    record = train.run(cfg, quiet=True)
+    record = run(cfg, quiet=True)
     matched = record["matched"]
     assert matched["metric"] == "params" and matched["to"] == "attention/mlp"
     assert matched["target"] == count_params(blocks.create("tiny", spatial="attention"))[0]

@@ -18,7 +18,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from scipy import stats
 
-from ablate import cli, report
+from ablate import commands as cli
+from ablate.engines.report import stats as report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -278,7 +279,7 @@ def test_bad_format_exits_2(storage, capsys):
 
 
 def test_password_is_hidden():
-    from ablate.storage_url import masked
+    from ablate.foundations.storage import masked
     assert "secret" not in masked("postgresql://me:secret@db.example/ablate")
     assert masked("postgresql://me:secret@db.example/ablate").startswith("postgresql://me:")
 

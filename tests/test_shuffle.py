@@ -6,13 +6,17 @@ equivariant (attention) or a dense map over tokens (token-MLP), and whose head p
 is then equivalent to itself with permuted weights: the shuffle is absorbed, nothing is lost.
 """
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 import blocks
-from ablate import data, train
+from ablate.engines.data import transforms as data
+from ablate.engines.training.plan import check
+from ablate.engines.training.trainer import Trainer
+from ablate.foundations.config import RunConfig
 
 H = W = 28
 PATCH = 4
@@ -63,16 +67,16 @@ def test_pixel_permutation_rejects_bad_input():
 
 def test_trainer_applies_one_permutation_to_train_and_test():
     """The batches a Trainer feeds are its unshuffled batches under one fixed permutation, train and test alike."""
-    cfg = train.RunConfig(dataset="synthetic", shuffle="patch", augment=False, seed=2, batch_size=100, device="cpu",
+    cfg = RunConfig(dataset="synthetic", shuffle="patch", augment=False, seed=2, batch_size=100, device="cpu",
                           train_size=500)
-    trainer = train.Trainer(cfg, quiet=True)
+    trainer = Trainer(cfg, check(cfg), quiet=True)
     expected = data.pixel_permutation("patch", H, W, trainer.model.cfg.patch_size, cfg.seed)
-    assert torch.equal(trainer.train_batches.perm, expected)
-    assert torch.equal(trainer.test_batches.perm, expected)
+    assert torch.equal(trainer.train_batches.transform.perm, expected)
+    assert torch.equal(trainer.test_batches.transform.perm, expected)
     inverse = torch.argsort(expected)
     for batches in (trainer.train_batches, trainer.test_batches):
         plain = copy.copy(batches)
-        plain.perm = None
+        plain.transform = dataclasses.replace(batches.transform, perm=None)
         for (xs, ys), (xp, yp) in zip(batches.epoch(0), plain.epoch(0)):
             assert torch.equal(ys, yp)
             assert not torch.equal(xs, xp)

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from ablate import cli
+from ablate import commands as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = """
@@ -260,7 +260,7 @@ def test_bad_experiment_file_exits_2_naming_the_key(tmp_path, capsys, text, mess
 
 
 def test_linked_axis_sets_several_options_per_arm(tmp_path):
-    from ablate import experiment as experiment_file
+    from ablate.engines.study import experiment as experiment_file
     file = tmp_path / "scaling.toml"
     file.write_text('[run]\ndataset = "synthetic"\n[arms]\nspatial = ["conv", "mlp"]\n'
                     'data = [{ train_size = 200, epochs = 4 }, { train_size = 400, epochs = 2 }]\n')
@@ -293,8 +293,10 @@ def test_bad_storage_exits_2(tmp_path, capsys, url, message):
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_racing_workers_never_run_a_cell_twice(tmp_path, monkeypatch, kind):
     """Six workers start at once on twelve cells (training replaced by a short sleep): each cell runs once."""
-    from ablate import experiment as experiment_file
-    from ablate import study as study_module
+    from ablate.engines.study import experiment as experiment_file
+    from ablate.engines.study import worker as study_module
+    from ablate.engines.study.board import load_board, open_study
+    from ablate.foundations.storage import open_storage
     exp = experiment_file.load(experiment(tmp_path, '[study]\nname = "race"\nseeds = [0, 1, 2]\n'
                                                     '[arms]\nspatial = ["conv", "pool", "mlp", "identity"]\n'))
     url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal:{tmp_path}/s.log"
@@ -305,40 +307,43 @@ def test_racing_workers_never_run_a_cell_twice(tmp_path, monkeypatch, kind):
             ran.append((cfg.spatial, cfg.seed))
         time.sleep(0.05)
         return {"test_acc": 0.5, "spatial": cfg.spatial, "seed": cfg.seed}
-    monkeypatch.setattr(study_module.train, "run", fake_run)
-    study_module.open_study(exp, study_module.open_storage(url, heartbeat=1))
+    monkeypatch.setattr(study_module.runs, "run", fake_run)
+    open_study(exp, open_storage(url, heartbeat=1))
     barrier = threading.Barrier(6)
 
     def worker(i):
-        storage = study_module.open_storage(url, heartbeat=1)
+        board = load_board(exp, open_storage(url, heartbeat=1))
         barrier.wait()
-        study_module.work(exp, storage, tmp_path / "runs", 1, f"worker {i}")
+        study_module.work(exp, board, tmp_path / "runs", 1, f"worker {i}")
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
     assert Counter(ran) == {(s, seed): 1 for s in ("conv", "pool", "mlp", "identity") for seed in (0, 1, 2)}
-    ts = trials("race", study_module.open_storage(url, heartbeat=1))
+    ts = trials("race", open_storage(url, heartbeat=1))
     assert complete_per_cell(ts) == {f"spatial={s}|final|seed={seed}": 1 for s, seed in ran}
     assert all(t.state == TrialState.COMPLETE or t.user_attrs.get("lost_claim") for t in ts)
 
 
 def test_journal_heartbeat_fails_only_stale_trials(tmp_path):
     """Journal files have no optuna heartbeat: ablate's own beat attribute tells a dead worker's trial."""
-    from ablate import study as study_module
-    storage = study_module.open_storage(f"journal:{tmp_path}/s.log", heartbeat=1)
+    from ablate.engines.study import worker as study_module
+    from ablate.engines.study.board import Board
+    from ablate.foundations.storage import open_storage
+    storage = open_storage(f"journal:{tmp_path}/s.log", heartbeat=1)
     study = optuna.create_study(study_name="j", storage=storage)
-    dead, alive = (storage.create_new_trial(study._study_id) for _ in range(2))
+    board = Board(storage, study, storage.get_study_id_from_name("j"))
+    dead, alive = (storage.create_new_trial(board.study_id) for _ in range(2))
     storage.set_trial_system_attr(dead, study_module.HEARTBEAT_ATTR, time.time() - 10)
     with study_module.Heartbeat(storage, alive, interval=1):
-        study_module.fail_stale(study, grace=2)
+        study_module.fail_stale(board, grace=2)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_experiment_files_parse_and_name_their_command(path):
-    from ablate import experiment as experiment_file
+    from ablate.engines.study import experiment as experiment_file
     exp = experiment_file.load(path)
     lines = path.read_text().splitlines()
     assert lines[0].startswith(f"# Command: python -m ablate study experiments/{path.name}")
@@ -347,7 +352,7 @@ def test_shipped_experiment_files_parse_and_name_their_command(path):
 
 
 def test_shipped_experiments_meet_the_minimum_sizes():
-    from ablate import experiment as experiment_file
+    from ablate.engines.study import experiment as experiment_file
     load = {p.stem: experiment_file.load(p) for p in (ROOT / "experiments").glob("*.toml")}
     sizes = load["data_scaling"].fields["train_size"]
     assert len(sizes) >= 6 and min(sizes) <= 1000 and max(sizes) == 60000
@@ -363,7 +368,7 @@ def test_storage_retries_when_another_worker_is_creating_the_tables(tmp_path, mo
     """Workers that open a new PostgreSQL database together race to create optuna's tables (seen in
     test_postgres as 'duplicate key value violates unique constraint'); the loser retries and finds them."""
     import sqlalchemy.exc
-    from ablate import study as study_module
+    from ablate.foundations.storage import open_storage
     real, calls = optuna.storages.RDBStorage, []
 
     def racing(url, **kw):
@@ -372,5 +377,5 @@ def test_storage_retries_when_another_worker_is_creating_the_tables(tmp_path, mo
             raise sqlalchemy.exc.IntegrityError("CREATE TABLE studies", {}, Exception("duplicate key value"))
         return real(url, **kw)
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
-    storage = study_module.open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=1)
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=1)
     assert len(calls) == 2 and storage.get_all_studies() == []

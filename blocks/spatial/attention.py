@@ -1,18 +1,29 @@
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .base import SpatialMixer
 
 
-class Attention(nn.Module):
+class Attention(SpatialMixer):
     """Multi-head self-attention over all H*W tokens, with fused SDPA.
 
     `num_heads` wins over `head_dim` when given (ViT: 6 heads at 384); otherwise
     heads = dim // head_dim (MetaFormer/CAFormer: head_dim 32).
     """
 
-    def __init__(self, dim: int, grid: tuple[int, int], prefix_tokens: int = 0, num_heads: int | None = None, head_dim: int = 32,
+    reaches_prefix = True  # a class token is one more token to attend over
+
+    @classmethod
+    def width_step(cls, options: dict) -> int:
+        """Whole heads: a multiple of the head count where it is fixed (ViT), else of the head size."""
+        unit = options.get("num_heads") or options.get("head_dim", 32)
+        return math.lcm(8, unit)
+
+    def __init__(self, dim: int, grid: tuple[int, int], num_heads: int | None = None, head_dim: int = 32,
                  qkv_bias: bool = True, proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         self.num_heads = num_heads or max(dim // head_dim, 1)

@@ -1,8 +1,10 @@
 import torch
 from torch import nn
 
+from .base import SpatialMixer
 
-class DepthwiseConv(nn.Module):
+
+class DepthwiseConv(SpatialMixer):
     """Depthwise k x k convolution; with `expansion` it is ConvFormer's SepConv
     (pointwise expand -> act -> depthwise -> pointwise project)."""
 

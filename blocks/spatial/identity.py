@@ -1,8 +1,9 @@
 import torch
-from torch import nn
+
+from .base import SpatialMixer
 
 
-class IdentityMixer(nn.Module):
+class IdentityMixer(SpatialMixer):
     """No token mixing at all (PoolFormer's lower bound)."""
 
     def __init__(self, dim: int, grid: tuple[int, int]):

@@ -2,14 +2,18 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .base import SpatialMixer
 
 
-class TokenMLP(nn.Module):
+class TokenMLP(SpatialMixer):
     """MLP-Mixer token mixing: one MLP across the H*W tokens, shared by every channel.
 
     Its weights are tied to the grid it was built for, so a different grid is a
     ConfigError, not a shape error deep inside a matmul.
     """
+
+    grid_tied = "token-mixing MLP"
+    reaches_prefix = True
 
     def __init__(self, dim: int, grid: tuple[int, int], prefix_tokens: int = 0, hidden_ratio: float = 0.5, bias: bool = True,
                  drop: float = 0.0):

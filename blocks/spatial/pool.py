@@ -1,10 +1,13 @@
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .base import SpatialMixer
 
 
-class Pooling(nn.Module):
+class Pooling(SpatialMixer):
     """PoolFormer: avgpool(x) - x (the block adds x back through the residual)."""
+
+    uncounted_ops = frozenset({"aten::avg_pool2d"})  # a window of adds, no multiply-accumulates (PoolFormer's count)
 
     def __init__(self, dim: int, grid: tuple[int, int], pool_size: int = 3):
         super().__init__()

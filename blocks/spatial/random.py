@@ -1,11 +1,15 @@
 import torch
 from torch import nn
 
+from .base import SpatialMixer
 from .mlp import check_grid, split_prefix
 
 
-class RandomMixing(nn.Module):
+class RandomMixing(SpatialMixer):
     """RandFormer: a frozen, row-softmaxed random N x N token-mixing matrix."""
+
+    grid_tied = "random mixing matrix"
+    reaches_prefix = True
 
     def __init__(self, dim: int, grid: tuple[int, int], prefix_tokens: int = 0):
         super().__init__()

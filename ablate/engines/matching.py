@@ -9,7 +9,7 @@ The rule, so that a matched comparison still changes one thing, the mixer, and t
    at that width the cost is affine in the hidden size, so two counts give the ratio that hits the target.
    A ratio below one hidden unit moves the width one step down.
 "params" means trainable parameters (the `params` of a run record; `random`'s frozen matrix is not capacity).
-MACs are fvcore's (ablate.profile.count_macs); the search itself counts on the "meta" device (no memory, no
+MACs are fvcore's (engines.cost.count_macs); the search itself counts on the "meta" device (no memory, no
 compute) with torch's FlopCounterMode, then corrects the ratio once with fvcore's count.
 """
 import inspect
@@ -20,11 +20,11 @@ import torch
 
 import blocks
 
-from .errors import UsageError
-from .profile import count_macs, count_params, flop_counter_macs
+from ..foundations.config import MATCH_METRICS as METRICS
+from ..foundations.errors import UsageError
+from .cost import count_macs, count_params, flop_counter_macs
 
-METRICS = ("params", "macs")
-TOLERANCE = 0.02
+TOLERANCE = 0.02  # a matched model's cost is within 2% of the target, or matching fails
 
 
 def model_cost(metric: str, cfg: blocks.MetaFormerConfig, fast: bool = False) -> int:
@@ -43,17 +43,8 @@ def model_cost(metric: str, cfg: blocks.MetaFormerConfig, fast: bool = False) ->
 
 
 def width_steps(cfg: blocks.MetaFormerConfig) -> list[int]:
-    """Per stage, the step a width moves in so every mixer stays valid (see the module's rule)."""
-    steps = []
-    for name in cfg.per_stage(cfg.spatial):
-        step = 8
-        if name == "attention":
-            options = cfg.spatial_options.get("attention", {})
-            unit = options.get("num_heads") or options.get("head_dim") or inspect.signature(
-                blocks.SPATIAL["attention"]).parameters["head_dim"].default
-            step = math.lcm(step, unit)
-        steps.append(step)
-    return steps
+    """Per stage, the step a width moves in so every mixer stays valid: its spatial mixer's `width_step` trait."""
+    return [blocks.SPATIAL[name].width_step(cfg.spatial_options.get(name, {})) for name in cfg.per_stage(cfg.spatial)]
 
 
 def channel_ratio(cfg: blocks.MetaFormerConfig, channel: str) -> float:
@@ -111,7 +102,13 @@ def match_overrides(preset: str, spatial: str, channel: str, metric: str, target
         slope = (fast(k, ratio0) - fast(k, ratio0 / 2)) / (ratio0 / 2)
         ratio = max(ratio + (target - real) / slope, 1.5 / min(dims))
     ratio = tidy(ratio, dims)
-    return {"dims": dims, "channel_options": with_size(cfg, channel, dims, ratio).channel_options}
+    matched = with_size(cfg, channel, dims, ratio)
+    real = model_cost(metric, matched)
+    if abs(real / target - 1) > TOLERANCE:
+        raise UsageError(f"budget matching missed: {preset} with {spatial}/{channel} at width {dims} and channel ratio "
+                         f"{ratio} costs {real:,} {metric}, {real / target - 1:+.1%} from the target {target:,} "
+                         f"(tolerance {TOLERANCE:.0%}); its width steps are too coarse for this budget")
+    return {"dims": dims, "channel_options": matched.channel_options}
 
 
 def tidy(ratio: float, dims: tuple[int, ...]) -> float:

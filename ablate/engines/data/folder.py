@@ -3,9 +3,9 @@
 Layout (torchvision's ImageFolder): `<path>/train/<class>/<image>` and `<path>/val/<class>/<image>` (or `test/`).
 A torch DataLoader's worker processes read each image, convert it to RGB and resize it to a fixed square
 (shorter side to the size, centre crop); batches travel to the device as uint8 and get the same batched
-augmentation and normalisation there as in-memory datasets (data.prepare). Only file names and labels are held.
+augmentation and normalisation there as in-memory datasets (transforms.Transform). Only file names and labels
+are held.
 """
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +15,11 @@ from torch.utils.data import DataLoader, Sampler
 from torchvision import datasets as tv
 from torchvision.transforms.v2 import functional as TF
 
-from . import data, distributed
-from .errors import DataError
+from ...foundations import distributed
+from ...foundations.errors import DataError
+from ...foundations.runtime import usable_cores
+from .subsets import epoch_order
+from .transforms import Transform, augment_generator
 
 MEAN_STD_SAMPLE = 500  # training images (fixed draw) the normalisation statistics come from
 MAX_WORKERS = 8
@@ -24,8 +27,7 @@ MAX_WORKERS = 8
 
 def default_workers() -> int:
     """Loader processes per rank: this node's cores shared among its ranks, at most MAX_WORKERS."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cores // distributed.context().local_world))
+    return max(1, min(MAX_WORKERS, usable_cores() // distributed.context().local_world))
 
 
 def read_image(path: str, size: int) -> torch.Tensor:
@@ -57,7 +59,7 @@ class FolderSplit(torch.utils.data.Dataset):
 
 @dataclass
 class FolderDataset:
-    """What the Trainer needs of a dataset (like data.Dataset), with the images left on disk."""
+    """What the Trainer needs of a dataset (like memory.Dataset), with the images left on disk."""
     name: str
     train: FolderSplit
     test: FolderSplit
@@ -88,6 +90,17 @@ class FolderDataset:
         mean = sums / pixels
         std = (squares / pixels - mean.square()).clamp_min(0).sqrt()
         return mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
+
+    def eval_batch_size(self, train_batch_size: int) -> int:
+        """Evaluation batches as large as training's: each image is read and decoded from disk."""
+        return train_batch_size
+
+    def batches(self, split: str, indices: torch.Tensor, batch_size: int, transform: Transform,
+                device: torch.device, train: bool = False, seed: int = 0, rank: int = 0,
+                world: int = 1) -> "FolderBatches":
+        """Minibatches of `split` ("train" or "test") at `indices`, read from disk batch by batch."""
+        return FolderBatches(self.train if split == "train" else self.test, indices, batch_size, transform, device,
+                             train, seed, rank, world)
 
 
 def load_folder(root: Path, img_size: int | None = None) -> FolderDataset:
@@ -127,7 +140,7 @@ def read_batches(loader: DataLoader):
 
 
 class EpochSampler(Sampler[int]):
-    """One rank's share of one epoch of `indices`, in data.Batches's order; set `.epoch` before iterating
+    """One rank's share of one epoch of `indices`, in memory.Batches's order; set `.epoch` before iterating
     (like DistributedSampler.set_epoch: the loader's workers may persist across epochs)."""
 
     def __init__(self, indices: torch.Tensor, train: bool, seed: int, rank: int, world: int):
@@ -135,7 +148,7 @@ class EpochSampler(Sampler[int]):
         self.epoch = 0
 
     def __iter__(self):
-        order = data.epoch_order(len(self.indices), self.epoch, self.seed, self.train, self.rank, self.world)
+        order = epoch_order(len(self.indices), self.epoch, self.seed, self.train, self.rank, self.world)
         return iter(self.indices[order].tolist())
 
     def __len__(self) -> int:
@@ -143,17 +156,14 @@ class EpochSampler(Sampler[int]):
 
 
 class FolderBatches:
-    """Minibatches of `split[indices]` streamed through a DataLoader, with data.Batches's interface: `len()` and
+    """Minibatches of `split[indices]` streamed through a DataLoader, with memory.Batches's interface: `len()` and
     `epoch(e)` yielding (x, y) on `device`; the order of epoch e comes from (seed, e) and is sharded over ranks."""
 
-    def __init__(self, split: FolderSplit, indices: torch.Tensor, batch_size: int, mean: torch.Tensor,
-                 std: torch.Tensor, perm: torch.Tensor | None = None, device: torch.device = torch.device("cpu"),
-                 train: bool = False, pad: int = 0, flip: bool = False, seed: int = 0, rank: int = 0, world: int = 1,
-                 workers: int | None = None):
-        self.split, self.indices, self.device = split, indices, device
-        self.mean, self.std, self.perm = mean, std, perm
-        self.train, self.pad, self.flip = train, pad, flip
-        self.generator = data.augment_generator(seed, rank)
+    def __init__(self, split: FolderSplit, indices: torch.Tensor, batch_size: int, transform: Transform,
+                 device: torch.device = torch.device("cpu"), train: bool = False, seed: int = 0, rank: int = 0,
+                 world: int = 1, workers: int | None = None):
+        self.split, self.indices, self.device, self.transform, self.train = split, indices, device, transform, train
+        self.generator = augment_generator(seed, rank)
         self.sampler = EpochSampler(indices, train, seed, rank, world)
         workers = default_workers() if workers is None else workers
         self.loader = DataLoader(split, batch_size=batch_size, sampler=self.sampler, drop_last=train,
@@ -167,5 +177,4 @@ class FolderBatches:
         self.sampler.epoch = epoch
         for x, y in read_batches(self.loader):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            yield data.prepare(x, self.mean, self.std, self.perm, self.pad, self.flip,
-                               self.generator if self.train else None), y
+            yield self.transform(x, self.generator if self.train else None), y

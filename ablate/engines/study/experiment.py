@@ -14,10 +14,13 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 import blocks
+from blocks.checks import conforms, describe
 
-from . import data
-from .errors import UsageError
-from .train import RunConfig
+from ...foundations.config import SHUFFLES, RunConfig
+from ...foundations.errors import UsageError
+from ...foundations.runtime import DEVICES
+from .. import data
+from ..training.plan import check
 
 # Run-record keys a study can optimize, with the direction that means "better".
 METRICS = {"test_acc": "maximize", "test_loss": "minimize", "params": "minimize", "macs": "minimize",
@@ -32,9 +35,8 @@ NOT_SETTABLE = ("seed", "out")  # seeds come from [study].seeds, the folder from
 RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in NOT_SETTABLE}
 HINTS = typing.get_type_hints(RunConfig)
 CHOICES = {"spatial": tuple(blocks.SPATIAL), "channel": tuple(blocks.CHANNEL), "preset": tuple(blocks.PRESETS),
-           "shuffle": ("none", "patch", "global"), "device": ("auto", "cpu", "cuda")}
+           "shuffle": SHUFFLES, "device": DEVICES}
 POSITIVE = ("train_size", "epochs", "batch_size", "lr")
-MODEL_RESERVED = ("spatial", "channel")  # run options of their own, not model_options
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def parse(doc: dict, path: Path) -> Experiment:
                      trials_per_arm, seeds, run, axes, search)
     check_tuning(exp)
     for arm in exp.arms:
-        check_model({**run, **arm.axes})
+        check_arm({**run, **arm.axes})
     return exp
 
 
@@ -241,21 +243,10 @@ def unknown_keys(where: str, table: dict, valid) -> None:
         raise UsageError(f"unknown {label} {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
 
 
-def type_ok(value, kind) -> bool:
-    if kind is object:
-        return True
-    if isinstance(value, bool) and kind is not bool:  # TOML true is not a number
-        return False
-    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
-
-
-KIND_NAMES = {int: "whole number", float: "number", str: "string", bool: "boolean (true or false)", dict: "table"}
-
-
 def typed(key: str, value, *kinds):
-    if not any(type_ok(value, k) for k in kinds):
-        names = " or ".join(KIND_NAMES.get(k, k.__name__) for k in kinds)
-        raise UsageError(f"{key} must be a {names}, got {value!r}")
+    """`value` if it is one of `kinds` (blocks.checks's rules: TOML true is not a number), else a UsageError."""
+    if kinds != (object,) and not any(conforms(value, k) for k in kinds):
+        raise UsageError(f"{key} must be {' or '.join(describe(k) for k in kinds)}, got {value!r}")
     return float(value) if kinds == (float,) else value
 
 
@@ -306,8 +297,11 @@ def run_value(key: str, name: str, value):
         choice(key, value, CHOICES[name])
     if name in POSITIVE and value <= 0:
         raise UsageError(f"{key} must be positive, got {value}")
-    if name == "dataset" and value not in data.DATASETS and not value.startswith("imagefolder:"):
-        raise UsageError(f"{key} = {value!r} is not one of: {', '.join(data.DATASETS)}")
+    if name == "dataset":
+        try:
+            data.lookup(value)
+        except UsageError:
+            raise UsageError(f"{key} = {value!r} is not one of: {', '.join(data.names())}") from None
     return value
 
 
@@ -342,10 +336,6 @@ def distribution(key: str, name: str, spec) -> BaseDistribution:
         raise UsageError(f"{key}: {e}") from None
 
 
-def check_model(values: dict) -> None:
-    """Names and backbone options of one arm, checked before any training (shapes are checked by the run)."""
-    cfg = RunConfig(**values)
-    reserved = [k for k in cfg.model_options if k in MODEL_RESERVED]
-    if reserved:
-        raise UsageError(f"model_options may not set {', '.join(reserved)}: set them as run options or [arms] axes")
-    blocks.preset_config(cfg.preset, spatial=cfg.spatial, channel=cfg.channel, **cfg.model_options)
+def check_arm(values: dict) -> None:
+    """One arm's run config, checked as `run` checks it (training.plan.check) before any cell runs."""
+    check(RunConfig(**values))

@@ -1,0 +1,40 @@
+"""The top layer: one module per command, each with HELP, add_arguments(parser) and main(args).
+
+`python -m ablate [run|profile|study|report|list] ...`; exit 0 ok, 2 bad input, 1 failed run.
+"""
+import argparse
+import importlib
+import sys
+
+from blocks.errors import ConfigError
+
+from ..foundations.errors import RunFailed
+
+COMMANDS = {"run": "run", "profile": "profile", "study": "study", "report": "report", "list": "listing"}  # -> module
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ablate",
+                                     description="Swap one slot of one vision backbone, train it, count its cost.")
+    sub = parser.add_subparsers(dest="command")
+    for name, module in COMMANDS.items():
+        command = importlib.import_module(f"{__name__}.{module}")
+        p = sub.add_parser(name, help=command.HELP)
+        command.add_arguments(p)
+        p.set_defaults(func=command.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "run")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:  # UsageError and DataError are ConfigErrors too
+        print(f"ablate {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RunFailed as e:
+        print(f"ablate {args.command}: failed: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,84 @@
+"""Argument helpers every command shares: value parsers and the model and run flags."""
+import argparse
+import dataclasses
+import json
+
+import blocks
+
+from ..engines import data
+from ..foundations.config import MATCH_METRICS, SHUFFLES, RunConfig
+from ..foundations.runtime import DEVICES
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE parsed as JSON when it is JSON (numbers, true, lists), else kept as a string; a value
+    that starts like JSON ([, {, ") but does not parse is an error, not a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError as e:
+        if value.lstrip().startswith(("[", "{", '"')):
+            raise argparse.ArgumentTypeError(f"{key}: malformed JSON value {value!r} ({e.msg} at character "
+                                             f"{e.pos})") from None
+        return key, value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def add_model_args(p: argparse.ArgumentParser, many: bool) -> None:
+    """The model slots: one name each for `run`, comma-separated lists for `profile`."""
+    suffix = " (comma-separated to compare several)" if many else ""
+    p.add_argument("--spatial", default="mlp", help=f"spatial mixer: {', '.join(blocks.SPATIAL)}{suffix}")
+    p.add_argument("--channel", default="mlp", help=f"channel mixer: {', '.join(blocks.CHANNEL)}{suffix}")
+    p.add_argument("--preset", default="tiny", help=f"backbone preset (see `ablate list`){suffix}")
+    p.add_argument("--model-opt", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="override a backbone option, e.g. norm=batch, pos_embed=sincos, depths=[4] (repeatable)")
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    add_model_args(p, many=False)
+    p.add_argument("--match", choices=MATCH_METRICS, default=None,
+                   help="resize the model (width, then channel-MLP ratio) to --match-to's params or MACs")
+    p.add_argument("--match-to", default=None, metavar="SPATIAL", help="the spatial mixer whose budget --match hits")
+    p.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(data.names())}")
+    p.add_argument("--data-dir", default=None, help="folder to look in first for the dataset files")
+    p.add_argument("--img-size", type=positive_int, default=None,
+                   help="imagefolder datasets: resize and centre-crop images to this square (default: the first's)")
+    p.add_argument("--train-size", type=positive_int, default=None,
+                   help="stratified subset of the training set (nested across sizes for one seed)")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--eval-every", type=positive_int, default=d.eval_every,
+                   help="evaluate on the test set every k epochs (always after the last)")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, warm-up + cosine)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
+                   help="random crop + horizontal flip, batched (pays off in longer schedules)")
+    p.add_argument("--shuffle", choices=SHUFFLES, default=d.shuffle,
+                   help="fixed pixel permutation of train and test images (MLP-Mixer Fig. 4)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", choices=DEVICES, default=d.device)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--out", default=d.out, help="folder for run folders (record.json + checkpoint.pt)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue the newest unfinished run of this config under --out, or RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print the run record as one JSON document on stdout")
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return RunConfig(**values, model_options=dict(args.model_opt))

@@ -1,0 +1,177 @@
+"""`python -m ablate profile`: params, MACs, training and inference throughput, memory and MFU, one row per
+preset x image size x spatial mixer x channel mixer."""
+import argparse
+import json
+import multiprocessing.forkserver
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+import blocks
+
+from ..engines.cost import count_macs, count_params, tokens
+from ..engines.matching import channel_ratio, match_overrides, reference_target
+from ..engines.measure import cpu_peak_memory_mb, forkserver, matmul_flops, throughput
+from ..foundations.config import MATCH_METRICS
+from ..foundations.errors import UsageError
+from ..foundations.io import atomic_write
+from ..foundations.runtime import DEVICES, pick_device, usable_cores
+from .args import add_model_args, positive_int
+
+HELP = "params, MACs, throughput and memory per mixer"
+
+
+def names(text: str, registry: dict, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t not in registry]
+    if unknown or not items:
+        raise UsageError(f"unknown {what} {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"valid: {', '.join(registry)}")
+    return items
+
+
+def img_sizes(text: str | None) -> list[int | None]:
+    if text is None:
+        return [None]  # each preset's own
+    try:
+        sizes = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"--img-size expects comma-separated whole numbers, got {text!r}") from None
+    if not sizes or min(sizes) <= 0:
+        raise UsageError(f"--img-size expects positive sizes, got {text!r}")
+    return sizes
+
+
+def profile(args: argparse.Namespace, log) -> dict:
+    """The command's JSON document: device, batch size, the peak matmul FLOP/s behind `mfu`, and the rows."""
+    spatials = names(args.spatial, blocks.SPATIAL, "spatial mixer")
+    channels = names(args.channel, blocks.CHANNEL, "channel mixer")
+    presets = names(args.preset, blocks.PRESETS, "preset")
+    if args.match_to and args.match_to not in blocks.SPATIAL:
+        raise UsageError(f"unknown --match-to {args.match_to!r}; valid: {', '.join(blocks.SPATIAL)}")
+    if args.match_to and not args.match:
+        raise UsageError("--match-to needs --match params|macs")
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or usable_cores())
+        forkserver()
+        multiprocessing.forkserver.ensure_running()  # it imports torch while this process counts MACs
+    peak_flops = matmul_flops(str(device))
+    log(f"profile: {device}, peak matmul {peak_flops / 1e9:.1f} GFLOP/s, batch {args.batch_size}")
+    jobs = [(p, s, sp, ch) for p in presets for s in img_sizes(args.img_size) for sp in spatials for ch in channels]
+    rows, targets = [], {}
+    for preset, size, spatial, channel in tqdm(jobs, desc="profile", file=sys.stderr,
+                                               disable=args.json or not sys.stderr.isatty()):
+        base = dict(args.model_opt) | ({"img_size": size} if size else {})
+        overrides = {"spatial": spatial, "channel": channel, **base}
+        reference = args.match_to or spatials[0]
+        if args.match and (spatial, channel) != (reference, channels[0]):
+            if (preset, size) not in targets:
+                targets[preset, size] = reference_target(preset, reference, channels[0], args.match, base)
+            overrides |= match_overrides(preset, spatial, channel, args.match, targets[preset, size], base)
+        torch.manual_seed(0)
+        model = blocks.create(preset, **overrides).to(device)
+        cfg = model.cfg
+        trainable, frozen = count_params(model)
+        macs = count_macs(model, (cfg.in_chans, cfg.img_size, cfg.img_size))
+        speed = throughput(model, args.batch_size, device, args.warmup, args.repeats)
+        del model
+        if device.type == "cpu":
+            speed["peak_mem_mb"] = cpu_peak_memory_mb(cfg, args.batch_size, max(args.warmup, 2),
+                                                      torch.get_num_threads())
+        row = {"spatial": spatial, "channel": channel, "preset": preset, "img_size": cfg.img_size,
+               "tokens": tokens(cfg), "params": trainable, "params_frozen": frozen, "macs": macs,
+               "train_img_s": significant(speed["train_img_s"]), "infer_img_s": significant(speed["infer_img_s"]),
+               "peak_mem_mb": round(speed["peak_mem_mb"], 1),
+               "mfu": round(3 * 2 * macs * speed["train_img_s"] / peak_flops, 5)}
+        if args.match:
+            row |= {"matched_to": f"{reference}/{channels[0]}", "dims": ",".join(map(str, cfg.dims)),
+                    "ratio": channel_ratio(cfg, channel)}
+        log(f"  {preset} {cfg.img_size}px {spatial}/{channel}: {trainable:,} params, {macs / 1e6:.2f} M MACs, "
+            f"train {rate(row['train_img_s'])} img/s, infer {rate(row['infer_img_s'])} img/s")
+        rows.append(row)
+    return {"device": str(device), "batch_size": args.batch_size, "matmul_flops": peak_flops, "rows": rows}
+
+
+def significant(value: float, digits: int = 4) -> float:
+    """Rounded to `digits` significant digits: a 224 px model trains at 0.5 img/s on a CPU, not at 0."""
+    return float(f"{value:.{digits}g}")
+
+
+def rate(images_per_s: float) -> str:
+    return f"{images_per_s:,.0f}" if images_per_s >= 10 else f"{images_per_s:.2g}"
+
+
+def format_table(rows: list[dict]) -> str:
+    table = pd.DataFrame(rows)
+    formats = {"params": lambda v: f"{v / 1e6:.3f} M", "params_frozen": lambda v: f"{v / 1e6:.3f} M",
+               "macs": lambda v: f"{v / 1e6:.2f} M", "train_img_s": rate,
+               "infer_img_s": rate, "peak_mem_mb": "{:.0f}".format, "mfu": "{:.1%}".format}
+    for key, fmt in formats.items():
+        table[key] = table[key].map(fmt)
+    return table.rename(columns={"macs": "MACs", "peak_mem_mb": "peak_MiB"}).to_string(index=False)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    atomic_write(path, lambda f: f.write(pd.DataFrame(rows).to_csv(index=False).encode()))
+
+
+def plot_cost_vs_tokens(path: Path, rows: list[dict]) -> None:
+    """MACs, params and training throughput against tokens, one line per mixer, log-log axes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    table = pd.DataFrame(rows)
+    table["model"] = table["spatial"] + "/" + table["channel"]
+    many_presets = table["preset"].nunique() > 1
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, (key, label) in zip(axes, [("macs", "MACs per image"), ("params", "parameters (trainable)"),
+                                       ("train_img_s", "training images / s")]):
+        sns.lineplot(data=table, x="tokens", y=key, hue="model", style="preset" if many_presets else None,
+                     marker="o", ax=ax, legend=ax is axes[-1])
+        ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel=label)
+        ax.set_xticks(sorted(table["tokens"].unique()), [str(t) for t in sorted(table["tokens"].unique())])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the measured token counts
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_args(p, many=True)
+    p.set_defaults(spatial=",".join(blocks.SPATIAL))  # profile compares every spatial mixer unless told otherwise
+    p.add_argument("--img-size", default=None, metavar="N[,N..]",
+                   help="image sizes in pixels (comma-separated); default: each preset's own")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--match", choices=MATCH_METRICS, default=None,
+                   help="resize each model (width, then channel-MLP ratio) to the reference's params or MACs")
+    p.add_argument("--match-to", default=None, metavar="SPATIAL",
+                   help="the reference spatial mixer for --match (default: the first in --spatial)")
+    p.add_argument("--warmup", type=positive_int, default=3, help="untimed steps before timing")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed steps; the median is reported")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads (default: the cores this process may use, as `run` does)")
+    p.add_argument("--csv", default="profile.csv", help="where to write the rows as CSV (default: profile.csv)")
+    p.add_argument("--plot", nargs="?", const="cost_vs_tokens.png", default=None, metavar="FILE",
+                   help="write the cost-vs-tokens plot (default file: cost_vs_tokens.png)")
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON document on stdout")
+
+
+def main(args: argparse.Namespace) -> int:
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+    doc = profile(args, log)
+    write_csv(Path(args.csv), doc["rows"])
+    log(f"wrote {args.csv}")
+    if args.plot:
+        plot_cost_vs_tokens(Path(args.plot), doc["rows"])
+        log(f"wrote {args.plot}")
+    print(json.dumps(doc) if args.json else format_table(doc["rows"]))
+    return 0

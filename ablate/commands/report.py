@@ -1,0 +1,61 @@
+"""`python -m ablate report --study NAME`: seaborn figures, report.md, trials.csv and a JSON summary, from the
+storage alone.
+
+Every number comes from the run records that `study` keeps in each trial's user_attrs. The analysis uses the
+complete trials of the final phase (or trials without a phase); tuning trials feed the tuning figures;
+trials.csv lists every trial in every state. Figures are chosen by the study's axes (engines.report.figures).
+"""
+import argparse
+import json
+from pathlib import Path
+
+import optuna
+
+from ..engines.report.build import build
+from ..engines.report.frame import load_study
+from ..foundations.errors import UsageError
+
+HELP = "plots and a markdown report from a study's storage"
+FORMATS = ("png", "svg", "pdf")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, metavar="NAME", help="study name in the storage")
+    p.add_argument("--storage", default="sqlite:///ablate.db",
+                   help="optuna RDB URL (sqlite:///ablate.db, postgresql://...) or a journal file "
+                        "(journal:PATH, or a PATH ending .log/.journal)")
+    p.add_argument("-o", "--out", default=None, help="folder for report.md, figures and trials.csv "
+                                                     "(default reports/NAME)")
+    p.add_argument("--format", default="png,svg", help=f"figure formats, comma-separated: {', '.join(FORMATS)}")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples for the power-law confidence intervals")
+    p.add_argument("--json", action="store_true", help="print a summary as one JSON document on stdout")
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise UsageError(f"--format {text!r}: unknown format {', '.join(bad) or '(none given)'}; "
+                         f"valid: {', '.join(FORMATS)}")
+    return list(dict.fromkeys(formats))
+
+
+def main(args: argparse.Namespace) -> int:
+    formats = parse_formats(args.format)
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(args.storage, args.study)
+    out = Path(args.out or Path("reports") / args.study)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create output folder {out}: {e.strerror or e}") from None
+    summary = build(study, args.storage, out, formats, args.bootstrap)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{out / 'report.md'}: {summary['n_trials']} trials, {summary['n_final']} analysed in "
+              f"{len(summary['arms'])} arm(s), {len(summary['figures'])} figure(s)")
+    return 0

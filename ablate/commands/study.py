@@ -1,0 +1,52 @@
+"""`python -m ablate study FILE`: an experiment file's cells as optuna trials, run by workers that share one
+storage, started by a launcher (engines.study.launchers)."""
+import argparse
+import json
+
+from ..engines.study import experiment
+from ..engines.study.board import open_study
+from ..engines.study.launchers import LAUNCHERS
+from ..engines.study.summary import render, summarize
+from ..engines.study.worker import log, quiet_optuna
+from ..foundations.errors import UsageError
+from ..foundations.storage import open_storage
+from .args import positive_int
+
+HELP = "run an optuna study from an experiment file"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="experiment file (TOML), e.g. experiments/token_mixers.toml")
+    p.add_argument("--storage", default="sqlite:///ablate.db",
+                   help="optuna storage: an RDB URL (sqlite:///FILE, postgresql://USER:PASS@HOST/DB, mysql://...) "
+                        "or a journal file (journal:PATH, or a path ending .log/.journal) for shared filesystems")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                   help="where the workers run: " + "; ".join(f"{k}: {v.help}" for k, v in LAUNCHERS.items()))
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes (local: the cores are split)")
+    p.add_argument("--out", default="runs", help="run folders go to OUT/<study name>/<arm>/<cell>/")
+    p.add_argument("--heartbeat", type=positive_int, default=30, metavar="SECONDS",
+                   help="a running trial's heartbeat; after 2x this without one, its worker counts as dead and the "
+                        "cell is retried")
+    p.add_argument("--json", action="store_true", help="print one JSON document summarising the study on stdout")
+    for name, launcher in LAUNCHERS.items():
+        if launcher.add_arguments:
+            launcher.add_arguments(p.add_argument_group(f"--launcher {name}"))
+
+
+def main(args: argparse.Namespace) -> int:
+    quiet_optuna()
+    exp = experiment.load(args.file)
+    launcher = LAUNCHERS[args.launcher]
+    if launcher.remote and args.storage.startswith("sqlite"):
+        raise UsageError(f"--launcher {args.launcher} runs workers on other machines, and a SQLite file cannot be "
+                         f"shared between machines (its locks do not work over network filesystems); use a server "
+                         f"(postgresql://...) or a journal file on a shared filesystem (journal:/shared/x.journal)")
+    board = open_study(exp, open_storage(args.storage, heartbeat=args.heartbeat))
+    try:
+        rc = launcher.launch(exp, board, args)
+    except KeyboardInterrupt:  # the running trials were failed on the way out, so their cells are free again
+        log(f"interrupted; the same command resumes study {exp.name!r}")
+        return 130
+    doc = summarize(exp, board, args.storage)
+    print(json.dumps(doc) if args.json else render(doc))
+    return rc

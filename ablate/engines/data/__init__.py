@@ -1,0 +1,58 @@
+"""Datasets: a registry of name -> entry (loader, image shape, classes). Small datasets live in memory as uint8
+tensors (memory.py), image folders stream from disk (folder.py); both hand out minibatches through
+`dataset.batches(...)` with the same batched transforms (transforms.py).
+
+Adding a dataset is one entry in DATASETS: a loader `(data_dir, download) -> memory.Dataset` and its shape.
+"""
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from ...foundations.errors import DataError
+from .cifar import load_cifar
+from .folder import load_folder
+from .idx import load_idx
+from .synthetic import synthetic
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    load: Callable                          # (data_dir, download) -> Dataset; with takes_path: (path, img_size)
+    shape: tuple[int, int, int] | None      # (C, H, W) of its images, known before loading; None: read from files
+    num_classes: int | None                 # None: read from the files
+    takes_path: bool = False                # named `NAME:<path>`, e.g. imagefolder:/data/imagenet
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "fashion-mnist": DatasetEntry(partial(load_idx, "fashion-mnist"), (1, 28, 28), 10),
+    "mnist": DatasetEntry(partial(load_idx, "mnist"), (1, 28, 28), 10),
+    "cifar10": DatasetEntry(partial(load_cifar, "cifar10"), (3, 32, 32), 10),
+    "cifar100": DatasetEntry(partial(load_cifar, "cifar100"), (3, 32, 32), 100),
+    "imagefolder": DatasetEntry(lambda path, img_size: load_folder(Path(path), img_size), None, None, takes_path=True),
+    "synthetic": DatasetEntry(lambda data_dir, download: synthetic(), (1, 28, 28), 10),
+}
+
+
+def names() -> list[str]:
+    """The names a user types: fashion-mnist, ..., imagefolder:<path>, ..."""
+    return [f"{name}:<path>" if entry.takes_path else name for name, entry in DATASETS.items()]
+
+
+def lookup(name: str) -> tuple[DatasetEntry, str | None]:
+    """The registry entry of a dataset name, and its path for `NAME:<path>` names."""
+    key, _, path = name.partition(":")
+    entry = DATASETS.get(key)
+    if entry is None or entry.takes_path != bool(path):
+        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(names())}")
+    return entry, path or None
+
+
+def load(name: str, data_dir: str | None = None, download: bool = True, img_size: int | None = None):
+    """The dataset `name`: a memory.Dataset, or for `imagefolder:<path>` a folder.FolderDataset read from disk."""
+    entry, path = lookup(name)
+    if entry.takes_path:
+        return entry.load(path, img_size)
+    if img_size is not None:
+        raise DataError(f"--img-size applies to imagefolder:<path> datasets; {name} images keep their size")
+    return entry.load(data_dir, download)

@@ -1,0 +1,137 @@
+"""Measured cost: training and inference throughput (median of timed steps after warm-up, on the device the run
+uses, with run's own training step), peak training memory, and the machine's peak matmul rate behind MFU."""
+import functools
+import multiprocessing
+import multiprocessing.forkserver
+import resource
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import blocks
+
+from ..foundations.config import RunConfig
+from ..foundations.runtime import autocast, sync, timer
+from .training.step import Step, make_optimizer, memory_format
+
+def step_times(step, warmup: int, repeats: int, device: torch.device, clock=time.perf_counter) -> list[float]:
+    """Seconds of each of `repeats` calls of step() after `warmup` untimed ones (runtime.timer: CUDA events on
+    GPU, `clock` on CPU)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        stop = timer(device, clock)
+        step()
+        times.append(stop())
+    return times
+
+
+def median_seconds(step, warmup: int, repeats: int, device: torch.device) -> float:
+    return statistics.median(step_times(step, warmup, repeats, device))
+
+
+def batch(cfg: blocks.MetaFormerConfig, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and labels of the shape `cfg` takes."""
+    x = torch.randn(batch_size, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
+    return x, torch.randint(0, max(cfg.num_classes, 1), (batch_size,), device=device)
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """One training step as `run` takes it (training.step.Step with the default recipe's label smoothing and
+    AdamW): channels-last on CUDA, bf16 autocast on CUDA, cross-entropy, backward, optimizer step."""
+    defaults = RunConfig()
+    model.to(memory_format=memory_format(x.device)).train()
+    step = Step(model, make_optimizer(model, defaults.lr, defaults.weight_decay), x.device, defaults.label_smoothing)
+    return lambda: step.update(step.loss(x, y))
+
+
+def infer_step(model: nn.Module, x: torch.Tensor):
+    """A forward pass in eval mode, as `run` evaluates."""
+    model.to(memory_format=memory_format(x.device)).eval()
+    x = x.contiguous(memory_format=memory_format(x.device))
+
+    @torch.inference_mode()
+    def step():
+        with autocast(x.device):
+            model(x)
+    return step
+
+
+def throughput(model: nn.Module, batch_size: int, device: torch.device, warmup: int, repeats: int) -> dict:
+    """Training and inference images/s (median step time), and peak CUDA memory of training on GPU."""
+    x, y = batch(model.cfg, batch_size, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_s = median_seconds(train_step(model, x, y), warmup, repeats, device)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+    infer_s = median_seconds(infer_step(model, x), warmup, repeats, device)
+    return {"train_img_s": batch_size / train_s, "infer_img_s": batch_size / infer_s, "peak_mem_mb": peak}
+
+
+@functools.cache
+def matmul_flops(device_name: str) -> float:
+    """Peak matmul FLOP/s of this device in the precision training uses (fp32 on CPU), measured in this
+    process: the best of repeated square matmuls."""
+    device = torch.device(device_name)
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    with autocast(device):
+        best = min(median_seconds(lambda: a @ b, warmup=0, repeats=1, device=device) for _ in range(6))
+    return 2 * n ** 3 / best
+
+
+def memory_child(conn, cfg: blocks.MetaFormerConfig, mixers: dict, batch_size: int, steps: int,
+                 threads: int) -> None:
+    """In a fresh process: sends (peak RSS in KiB after imports, peak RSS after `steps` training steps)."""
+    try:
+        torch.set_num_threads(threads)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        blocks.SPATIAL.update(mixers["spatial"])  # mixers registered at run time in the parent (a user's own)
+        blocks.CHANNEL.update(mixers["channel"])
+        model = blocks.MetaFormer(cfg)
+        step = train_step(model, *batch(model.cfg, batch_size, torch.device("cpu")))
+        for _ in range(steps):
+            step()
+        conn.send((base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    except Exception as e:  # the parent built and ran this model already, so this is unexpected: pass it on
+        conn.send(repr(e))
+
+
+PRELOAD = ["torch", "blocks", "timm.optim", "ablate.engines.measure"]
+
+
+@functools.cache
+def forkserver() -> multiprocessing.context.BaseContext:
+    """Children forked from a server that has imported torch and blocks and done no work: each starts fast and
+    with a fresh RSS high-water mark, unlike a fork of this process. (As with any multiprocessing start method
+    but fork, a script calling this needs the `if __name__ == "__main__":` guard.)"""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def cpu_peak_memory_mb(cfg: blocks.MetaFormerConfig, batch_size: int, steps: int, threads: int) -> float:
+    """Peak RSS growth of a child process that builds the model and runs `steps` training steps on CPU:
+    parameters, gradients, AdamW state, activations, and what the allocator and math libraries keep around.
+    The child gets the mixer classes the config names, so a mixer registered in this process works there too."""
+    ctx = forkserver()
+    receive, send = ctx.Pipe(duplex=False)
+    mixers = {kind: {name: registry[name] for name in cfg.per_stage(getattr(cfg, kind))}
+              for kind, registry in (("spatial", blocks.SPATIAL), ("channel", blocks.CHANNEL))}
+    child = ctx.Process(target=memory_child, args=(send, cfg, mixers, batch_size, steps, threads))
+    child.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:  # died without a word: killed (out of memory?) or crashed
+        result = None
+    child.join()
+    result = f"it exited with code {child.exitcode}" if result is None else result
+    if isinstance(result, str):
+        raise RuntimeError(f"measuring the training memory of {cfg} in a child process failed: {result}")
+    base, peak = result
+    return (peak - base) / 1024  # ru_maxrss is in KiB on Linux

@@ -1,0 +1,116 @@
+"""A study's results analysed: the frames the figures draw from and the summary the report prints."""
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import optuna
+import pandas as pd
+
+from ...foundations.storage import first_line, masked
+from .frame import (arm_keys, data_axis, final_trials, hashable, in_final, label, objective_names, reference,
+                    trials_frame, unique, value_names)
+from .stats import scaling_fits
+from .tables import arm_table, budget, shuffle_table
+
+
+@dataclass
+class Analysis:
+    study: optuna.Study
+    frame: pd.DataFrame            # every trial (trials_frame)
+    final: pd.DataFrame            # the complete final trials, one per cell
+    keys: list[str]                # the axes that vary among them
+    data_keys: list[str]           # train_size and the axes linked to it
+    summary: dict                  # the numbers of report.md and summary.json
+    scaling_series: pd.Series | None = None   # per final trial, the curve it belongs to (data-scaling studies)
+    shuffle_frame: pd.DataFrame | None = None  # the final trials compared across shuffles (largest train size)
+    shuffle_series: pd.Series | None = None
+    tune: pd.DataFrame | None = None           # tuning trials that finished (complete or pruned)
+    importances: pd.DataFrame = field(default_factory=pd.DataFrame)  # per arm and parameter
+
+    @property
+    def model_keys(self) -> list[str]:
+        """The axes that are model choices: not the data budget."""
+        return [k for k in self.keys if k not in self.data_keys]
+
+    @property
+    def maximize(self) -> bool:
+        return self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+
+
+def analyse(study: optuna.Study, storage: str, n_boot: int) -> Analysis:
+    frame = trials_frame(study)
+    keys = arm_keys(frame, study)
+    frame["arm_label"] = label(frame, keys)
+    final = final_trials(frame)
+    errored = frame.error.notna() if "error" in frame else pd.Series(False, index=frame.index)
+    failed = frame[(frame.state == "FAIL") & in_final(frame) & errored]  # diverged or crashed: a result
+    lost = frame.lost_claim.eq(True).sum() if "lost_claim" in frame else 0
+    summary = {
+        "study": study.study_name, "storage": masked(storage),
+        "objectives": objective_names(study), "directions": [d.name.lower() for d in study.directions],
+        "n_trials": len(frame), "trials": frame.state.value_counts().sort_index().to_dict(), "lost_claims": int(lost),
+        "phases": frame.phase.dropna().value_counts().sort_index().to_dict(),
+        "n_final": len(final), "axes": keys, "seeds": unique(final, "seed"), "budget": budget(frame, final),
+        "arms": arm_table(final, keys, failed), "power_law": [], "shuffle": [], "tuning": [], "importance_note": None,
+    }
+    a = Analysis(study, frame, final, keys, data_axis(final, keys), summary)
+    if "train_size" in final and final.train_size.nunique() >= 3:
+        a.scaling_series = label(final, a.model_keys, whole_arm=False)
+        summary["power_law"] = scaling_fits(final, a.scaling_series, n_boot)
+    if "shuffle" in final and final.shuffle.nunique() > 1:
+        largest = final if "train_size" not in final else final[final.train_size == final.train_size.max()]
+        a.shuffle_frame = largest
+        a.shuffle_series = label(largest, [k for k in a.model_keys if k != "shuffle"], whole_arm=False)
+        summary["shuffle"] = shuffle_table(largest, a.shuffle_series)
+    tuning(a)
+    return a
+
+
+def reference_arms(a: Analysis) -> pd.DataFrame:
+    """One row per model choice, compared on equal terms: largest train size, no shuffle."""
+    return pd.DataFrame(arm_table(reference(a.final), [k for k in a.model_keys if k != "shuffle"]))
+
+
+def tuning(a: Analysis) -> None:
+    """Each arm's best tuning trial and the parameter importances."""
+    tune = a.frame[a.frame.state.isin(["COMPLETE", "PRUNED"]) & (a.frame.phase == "tune")]
+    complete = tune[tune.state == "COMPLETE"]
+    value = value_names(a.study)[0]
+    if complete.empty or value not in tune:
+        return
+    a.tune = tune
+    trials = {t.number: t for t in a.study.get_trials(deepcopy=False)}
+    for arm, g in complete.groupby("arm_label"):
+        best = g.loc[g[value].idxmax() if a.maximize else g[value].idxmin()]
+        a.summary["tuning"].append({"arm": arm, "trials": len(g), "best_value": float(best[value]),
+                                    "best_trial": int(best.number), "params": trials[int(best.number)].params})
+    a.importances, a.summary["importance_note"] = param_importances(a.study, complete)
+
+
+def param_importances(study: optuna.Study, tune: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """PED-ANOVA importances (optuna's PedAnovaImportanceEvaluator) per arm over its tuning trials; (empty frame,
+    reason) when they cannot be computed."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rows, reasons = [], []
+    for arm, g in tune.groupby("arm_label"):
+        trials = [by_number[n] for n in g.number]
+        varied = [p for p in trials[0].params if len({hashable(t.params.get(p)) for t in trials}) > 1]
+        if len(trials) < 3 or len(varied) < 2:
+            reasons.append(f"{arm}: {len(trials)} trials, {len(varied)} varied parameter(s)")
+            continue
+        sub = optuna.create_study(directions=study.directions)
+        sub.add_trials(trials)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importances = optuna.importance.get_param_importances(
+                    sub, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), params=varied,
+                    target=lambda t: t.values[0])
+        except (ValueError, RuntimeError) as e:
+            reasons.append(f"{arm}: {first_line(e)}")
+            continue
+        rows += [{"arm": arm, "param": p, "importance": v} for p, v in importances.items()
+                 if not math.isnan(v)]
+    reason = None if rows else ("importances need >= 3 tuning trials and >= 2 varied parameters per arm ("
+                                + "; ".join(reasons) + ")")
+    return pd.DataFrame(rows), reason

@@ -1,0 +1,211 @@
+"""The report's figures. Each entry of FIGURES says when it applies to a study and how it draws: adding a figure
+is one function and one entry."""
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator
+
+from ...foundations.io import atomic_write
+from .analysis import Analysis, reference_arms
+from .frame import label, natural, sort_key, value_names
+from .stats import dominated, power_law
+
+METADATA = {"png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}  # no timestamps: reruns diff clean
+
+
+@dataclass
+class Figures:
+    out: Path
+    formats: list[str]
+    made: list[dict] = field(default_factory=list)  # {name, title, files}
+
+    def save(self, fig: Figure, name: str, title: str) -> None:
+        files = []
+        for fmt in self.formats:
+            path = self.out / f"{name}.{fmt}"
+            atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=150, metadata=METADATA[fmt]))
+            files.append(path.name)
+        self.made.append({"name": name, "title": title, "files": files})
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, width: float = 6.4, height: float = 4.2):
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+        fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def palette(names) -> dict:
+    names = sorted(set(names), key=natural)
+    return dict(zip(names, sns.color_palette("colorblind" if len(names) <= 10 else "husl", len(names))))
+
+
+def plot_scaling(figs: Figures, final: pd.DataFrame, series: pd.Series, fits: list[dict]) -> None:
+    fig, axes = new_figure()
+    ax = axes[0, 0]
+    colors = palette(series)
+    data = final.assign(series=series)
+    sns.lineplot(data=data, x="train_size", y="test_acc", hue="series", palette=colors, errorbar="sd",
+                 err_style="bars", marker="o", linestyle="", ax=ax, err_kws={"capsize": 3})
+    grid = np.geomspace(final.train_size.min(), final.train_size.max(), 200)
+    for row in fits:
+        if row["fit"]:
+            a, b, c = (row["fit"][k]["value"] for k in "abc")
+            ax.plot(grid, 1 - power_law(grid, a, b, c), color=colors[row["series"]], lw=1.2, alpha=0.8)
+    sizes = sorted(final.train_size.unique())
+    ax.set(xscale="log", xlabel="training images (log scale)", ylabel="test accuracy",
+           title="Mean ± sd over seeds; lines: err = a·N^−b + c")
+    ax.set_xticks(sizes, [f"{n / 1000:g}k" if n >= 1000 else str(n) for n in sizes])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.legend(title=None, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    figs.save(fig, "scaling", "Accuracy vs training-set size")
+
+
+def plot_pareto(figs: Figures, arms: pd.DataFrame, cost: str, higher_better: bool, name: str, xlabel: str) -> None:
+    fig, axes = new_figure()
+    ax = axes[0, 0]
+    acc, c = arms.test_acc_mean.to_numpy(), arms[cost].to_numpy(float)
+    front = ~dominated(acc, -c if higher_better else c)
+    colors = palette(arms.arm)
+    for (_, row), on_front in zip(arms.iterrows(), front):
+        ax.errorbar(row[cost], row.test_acc_mean, yerr=0 if np.isnan(row.test_acc_sd) else row.test_acc_sd,
+                    fmt="*" if on_front else "o", ms=13 if on_front else 7, capsize=3, color=colors[row.arm],
+                    label=row.arm)
+    order = np.argsort(c[front])
+    # the best accuracy reachable at a cost: from each front point on (cheaper is better) or up to it (faster)
+    steps = "steps-pre" if higher_better else "steps-post"
+    ax.plot(c[front][order], acc[front][order], color="0.4", lw=1, ls="--", drawstyle=steps, label="Pareto front")
+    if c.max() / max(c.min(), 1e-12) > 10:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(EngFormatter())  # 8 M, not 0.8 with a 1e7 offset
+    ax.set(xlabel=xlabel, ylabel="test accuracy", title=f"Accuracy vs {xlabel.split(' (')[0]} (★ = non-dominated)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    figs.save(fig, name, f"Accuracy vs {xlabel}")
+
+
+def plot_shuffle(figs: Figures, final: pd.DataFrame, series: pd.Series) -> None:
+    """Per mixer, accuracy across shuffle modes: a line that stays flat is a mixer the shuffle cannot hurt."""
+    fig, axes = new_figure()
+    ax = axes[0, 0]
+    data = final.assign(series=series)
+    modes = sorted(set(data.shuffle), key=lambda m: sort_key("shuffle", m))
+    order = sorted(series.unique(), key=natural)
+    colors = palette(order)
+    sns.stripplot(data=data, x="shuffle", y="test_acc", hue="series", order=modes, hue_order=order, palette=colors,
+                  dodge=False, jitter=0.08, size=4, alpha=0.45, legend=False, ax=ax)
+    sns.pointplot(data=data, x="shuffle", y="test_acc", hue="series", order=modes, hue_order=order, palette=colors,
+                  errorbar="sd", capsize=0.08, markersize=7, ax=ax)
+    ax.set(xlabel="pixel shuffle (the same for train and test)", ylabel="test accuracy",
+           title="Shuffle robustness: mean ± sd over seeds (dots: seeds)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    figs.save(fig, "shuffle", "Accuracy per mixer and pixel shuffle")
+
+
+def panels(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.Series, pd.Series, list[str]]:
+    """Lines per spatial mixer (or per arm), one panel per value of the other axes: (hue, panel, panel order)."""
+    hue_keys = ["spatial"] if "spatial" in keys else keys
+    col_keys = [k for k in keys if k not in hue_keys]
+    hue = label(frame, hue_keys)
+    col = label(frame, col_keys) if col_keys else pd.Series("", index=frame.index)
+    return hue, col, sorted(col.unique(), key=natural)
+
+
+def panel_figure(names: list[str]):
+    ncols = min(3, len(names))
+    fig, axes = new_figure(-(-len(names) // ncols), ncols, width=5.0, height=3.6)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    return fig, list(zip(axes.flat, names))
+
+
+def plot_curves(figs: Figures, final: pd.DataFrame, keys: list[str]) -> None:
+    hue, col, names = panels(final, keys)
+    long = pd.DataFrame([{"hue": h, "col": c, "epoch": e["epoch"], "test_acc": e["test_acc"]}
+                         for h, c, hist in zip(hue, col, final.history) for e in hist])
+    colors = palette(long.hue)
+    fig, grid = panel_figure(names)
+    for ax, name in grid:
+        sns.lineplot(data=long[long.col == name], x="epoch", y="test_acc", hue="hue", palette=colors,
+                     errorbar="sd", marker="o", ax=ax)
+        ax.set(title=name or None, ylabel="test accuracy")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(title=None, fontsize="small")
+    fig.suptitle("Learning curves: mean over seeds, band = sd")
+    figs.save(fig, "curves", "Test accuracy per epoch")
+
+
+def plot_tuning_history(figs: Figures, tune: pd.DataFrame, keys: list[str], value: str, name: str,
+                        maximize: bool) -> None:
+    """Per arm, its tuning trials in the order they ran: values (x = pruned) and the best so far."""
+    tune = tune.sort_values("number")
+    hue, col, names = panels(tune, keys)
+    colors = palette(hue)
+    fig, grid = panel_figure(names)
+    for ax, panel in grid:
+        for arm, g in tune[col == panel].groupby(hue[col == panel]):
+            step = np.arange(1, len(g) + 1)
+            done = (g.state == "COMPLETE").to_numpy()
+            ax.scatter(step[done], g[value][done], color=colors[arm], s=18, label=arm)
+            ax.scatter(step[~done], g[value][~done], color=colors[arm], s=24, marker="x")
+            best = g[value].where(done).cummax() if maximize else g[value].where(done).cummin()
+            ax.step(step, best, where="post", color=colors[arm], lw=1.2)
+        ax.set(title=panel or None, xlabel="tuning trial of the arm", ylabel=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(title=None, fontsize="small")
+    fig.suptitle("Tuning: each trial (x = pruned, its last reported value) and the best so far")
+    figs.save(fig, "tuning_history", "Optimization history of the tuning phase")
+
+
+def plot_importances(figs: Figures, importances: pd.DataFrame) -> None:
+    table = importances.pivot(index="arm", columns="param", values="importance")
+    table = table.loc[sorted(table.index, key=natural)]
+    label_width = 0.09 * max(map(len, table.index))  # inches for the arm names at this font size
+    fig, axes = new_figure(width=label_width + 2.0 + 1.1 * table.shape[1], height=1.6 + 0.35 * len(table))
+    ax = axes[0, 0]
+    sns.heatmap(table, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", ax=ax,
+                cbar_kws={"label": "importance (PED-ANOVA, sums to 1 per arm)"})
+    ax.set(xlabel=None, ylabel=None, title="Hyperparameter importance per arm")
+    figs.save(fig, "importances", "Parameter importances of the tuning phase")
+
+
+# -- the registry: when each figure applies, and how it draws from the analysis ---------------------------------------
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    applies: Callable[[Analysis], bool]
+    draw: Callable[[Analysis, Figures], None]
+
+
+def draw_pareto(cost: str, higher_better: bool, name: str, xlabel: str) -> Callable[[Analysis, Figures], None]:
+    return lambda a, figs: plot_pareto(figs, reference_arms(a), cost, higher_better, name, xlabel)
+
+
+def pareto_applies(cost: str) -> Callable[[Analysis], bool]:
+    def applies(a: Analysis) -> bool:
+        arms = reference_arms(a)
+        if len(arms) < 2 or cost not in arms:
+            return False
+        return arms[cost].nunique() > 1 if cost == "macs" else bool(arms[cost].notna().all())
+    return applies
+
+
+FIGURES: list[FigureSpec] = [
+    FigureSpec("scaling", lambda a: a.scaling_series is not None,
+               lambda a, figs: plot_scaling(figs, a.final, a.scaling_series, a.summary["power_law"])),
+    FigureSpec("pareto_macs", pareto_applies("macs"), draw_pareto("macs", False, "pareto_macs", "MACs per image")),
+    FigureSpec("pareto_throughput", pareto_applies("train_img_s"),
+               draw_pareto("train_img_s", True, "pareto_throughput", "training throughput (images/s)")),
+    FigureSpec("shuffle", lambda a: a.shuffle_frame is not None,
+               lambda a, figs: plot_shuffle(figs, a.shuffle_frame, a.shuffle_series)),
+    FigureSpec("curves", lambda a: len(a.final) > 0 and a.final.history.map(len).max() > 1,
+               lambda a, figs: plot_curves(figs, a.final, [k for k in a.keys if k not in a.data_keys[1:]])),
+    FigureSpec("tuning_history", lambda a: a.tune is not None,
+               lambda a, figs: plot_tuning_history(figs, a.tune, a.keys, value_names(a.study)[0],
+                                                   a.summary["objectives"][0], a.maximize)),
+    FigureSpec("importances", lambda a: len(a.importances) > 0, lambda a, figs: plot_importances(figs, a.importances)),
+]

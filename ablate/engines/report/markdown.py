@@ -1,0 +1,140 @@
+"""report.md, trials.csv and summary.json: the summary written out."""
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from matplotlib.ticker import EngFormatter
+
+from ...foundations.io import atomic_write
+from .figures import Figures
+
+
+def fmt(x, spec: str = ".4f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return format(x, spec)
+
+
+def si(x) -> str:
+    """222.73 k, 11.96 M: matplotlib's engineering notation."""
+    if x is None or math.isnan(x):
+        return "—"
+    return EngFormatter(places=2, sep=" ")(x) if abs(x) >= 1000 else f"{x:.0f}"
+
+
+def percent_change(ratio: float) -> str:
+    """+1.4%, -0.4%, and 0.0% for a change that rounds away (not -0.0%)."""
+    text = f"{100 * ratio:+.1f}%"
+    return "0.0%" if text in ("+0.0%", "-0.0%") else text
+
+
+def listing(values: list) -> str:
+    """A short cell for a budget table: every value, or the range when there are many (tuned per arm)."""
+    if len(values) > 6 and all(isinstance(v, (int, float)) for v in values):
+        return f"{min(values):.4g} … {max(values):.4g} ({len(values)} values)"
+    return ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values) or "—"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study) -> None:
+    embed = next((f for f in figs.formats if f in ("png", "svg")), None)
+    s, b = summary, summary["budget"]
+    states = ", ".join(f"{n} {state.lower()}" for state, n in s["trials"].items())
+    if s["lost_claims"]:
+        states += f"; failed includes {s['lost_claims']} lost claim(s): cells another worker ran, not results"
+    phases = ", ".join(f"{n} {phase}" for phase, n in s["phases"].items())
+    parts = [
+        f"# Study `{s['study']}`",
+        f"- storage: `{s['storage']}`\n- trials: {s['n_trials']} ({states}; phases: {phases or 'none'})\n"
+        f"- objective: {', '.join(f'{n} ({d})' for n, d in zip(s['objectives'], s['directions']))}\n"
+        f"- analysed: {s['n_final']} complete final trials in {len(s['arms'])} arm(s) over seeds "
+        f"{', '.join(map(str, s['seeds'])) or '—'}; axes: {', '.join(s['axes']) or 'none'}",
+        "## Budget\n" + markdown_table(["", ""], [[k.replace("config.", ""), listing(v)]
+                                                  for k, v in b.items() if k != "train_time_s_total"]
+                                         + [["training time, all trials", f"{b['train_time_s_total'] / 3600:.2f} h"]]),
+    ]
+    if s["arms"]:
+        failed = any(a["failed"] for a in s["arms"])
+        parts.append("## Arms\nTest accuracy as a fraction: mean ± sd over seeds and the 95% t-interval of the mean. "
+                     "Costs as recorded: parameters, MACs of one forward pass of one image, throughput in "
+                     "images/s on the run's device." + (" `failed`: final runs that diverged or crashed, not in "
+                                                        "the mean." if failed else "") + "\n\n" + markdown_table(
+                         ["arm", "n", "test acc", "95% CI", "params", "MACs", "train img/s", "infer img/s"]
+                         + ["failed"] * failed,
+                         [[a["arm"], a["n"], f"{fmt(a['test_acc_mean'])} ± {fmt(a['test_acc_sd'])}",
+                           f"[{fmt(a['test_acc_ci95'][0])}, {fmt(a['test_acc_ci95'][1])}]", si(a.get("params")),
+                           si(a.get("macs")), si(a.get("train_img_s")), si(a.get("infer_img_s"))]
+                          + [a["failed"]] * failed for a in s["arms"]]))
+    else:
+        parts.append("## Arms\nNo complete final trials yet.")
+    if s["power_law"]:
+        rows = []
+        for r in s["power_law"]:
+            if r["fit"] is None:
+                rows.append([r["series"], r["trials"], r["sizes"], "fit did not converge", "", "", ""])
+                continue
+            specs = {"a": (".4g", ".3g"), "b": (".3f", ".3f"), "c": (".4f", ".4f")}  # a spans decades; b, c do not
+            cells = [f"{fmt(r['fit'][k]['value'], v)} [{fmt(r['fit'][k]['ci95'][0], ci)}, "
+                     f"{fmt(r['fit'][k]['ci95'][1], ci)}]" for k, (v, ci) in specs.items()]
+            rows.append([r["series"], r["trials"], r["sizes"], *cells, fmt(r["asymptotic_acc"])])
+        parts.append("## Data scaling\nFitted `err(N) = a·N^(-b) + c` (err = 1 − test accuracy, N = training "
+                     "images; scipy curve_fit, a, b ≥ 0, 0 ≤ c ≤ 1). Brackets: percentile 95% bootstrap interval "
+                     f"over {s['power_law'][0].get('bootstrap', {}).get('resamples', 0)} resamples of the trials "
+                     "within each train size.\n\n" +
+                     markdown_table(["series", "trials", "sizes", "a", "b", "c", "1 − c"], rows))
+    if s["shuffle"]:
+        parts.append("## Shuffle robustness\nRelative change of mean test accuracy against `none` "
+                     "(MLP-Mixer Fig. 4 reports this number).\n\n" + markdown_table(
+                         ["series", "shuffle", "test acc", "relative change"],
+                         [[r["series"], r["shuffle"], f"{fmt(r['test_acc_mean'])} ± {fmt(r['test_acc_sd'])}",
+                           "—" if r["relative_change"] is None else percent_change(r["relative_change"])]
+                          for r in s["shuffle"]]))
+    if s["tuning"]:
+        parts.append("## Tuning\n" + markdown_table(
+            ["arm", "tuning trials", f"best {s['objectives'][0]}", "best params"],
+            [[r["arm"], r["trials"], fmt(r["best_value"]), ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
+                                                                     else f"{k}={v}" for k, v in r["params"].items())]
+             for r in s["tuning"]]) + (f"\n\nNo importance figure: {s['importance_note']}." if s["importance_note"]
+                                       else ""))
+    if figs.made:
+        parts.append("## Figures\n" + "\n\n".join(
+            f"### {f['title']}\n" + (f"![{f['title']}]({f['name']}.{embed})" if embed else
+                                     ", ".join(f"[{x}]({x})" for x in f["files"])) for f in figs.made))
+    parts.append("## Files\n- `trials.csv`: every trial in every state, with its flattened run record, "
+                 "params and objective values.\n- `summary.json`: the numbers of this page.\n"
+                 f"- Regenerate: `python -m ablate report --study {s['study']} --storage {s['storage']}`")
+    if study.user_attrs:
+        parts.append("<details><summary>Study attributes</summary>\n\n```json\n"
+                     + json.dumps(study.user_attrs, indent=2, default=str)[:4000] + "\n```\n</details>")
+    text = "\n\n".join(parts) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    table = frame.drop(columns=["history"], errors="ignore").copy()
+    for column in table.columns:  # lists and dicts as JSON, so the CSV reads back unambiguously
+        table[column] = table[column].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
+
+
+def clean(doc):
+    """NaN -> None and numpy scalars -> Python, so the summary is valid JSON."""
+    if isinstance(doc, dict):
+        return {str(k): clean(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [clean(v) for v in doc]
+    if isinstance(doc, np.generic):
+        doc = doc.item()
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return None
+    return doc

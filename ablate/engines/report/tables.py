@@ -1,0 +1,47 @@
+"""The report's tables as lists of dicts: one row per arm, the shuffle comparison, the budget."""
+import math
+
+import pandas as pd
+
+from .frame import label, natural, sort_key, unique
+from .stats import mean_ci
+
+
+def arm_table(final: pd.DataFrame, keys: list[str], failed: pd.DataFrame | None = None) -> list[dict]:
+    """Per arm: seeds, test accuracy mean, sd and 95% CI, mean costs, and the final runs that failed."""
+    rows = {}
+    for name, g in final.groupby(label(final, keys), sort=False):
+        acc = mean_ci(g.test_acc)
+        rows[name] = {"arm": name, **{k: g[k].iloc[0] for k in keys}, "n": len(g),
+                      "seeds": sorted(int(s) for s in g.seed.dropna()),
+                      "test_acc_mean": acc["mean"], "test_acc_sd": acc["sd"], "test_acc_ci95": acc["ci95"],
+                      **{k: float(g[k].mean()) for k in ("params", "params_frozen", "macs", "train_img_s",
+                                                         "infer_img_s", "train_time_s") if k in g}, "failed": 0}
+    if failed is not None and len(failed):  # an arm whose every seed diverged still gets its row
+        for name, g in failed.groupby(label(failed, keys), sort=False):
+            rows.setdefault(name, {"arm": name, **{k: g[k].iloc[0] for k in keys}, "n": 0, "seeds": [],
+                                   "test_acc_mean": math.nan, "test_acc_sd": math.nan,
+                                   "test_acc_ci95": [math.nan, math.nan]})["failed"] = len(g)
+    return sorted(rows.values(), key=lambda r: [sort_key(k, r[k]) for k in keys] + [r["arm"]])
+
+
+def shuffle_table(final: pd.DataFrame, series: pd.Series) -> list[dict]:
+    rows = []
+    for name in sorted(series.unique(), key=natural):
+        g = final[series == name]
+        base = g[g.shuffle == "none"].test_acc.mean() if (g.shuffle == "none").any() else math.nan
+        for mode, h in sorted(g.groupby("shuffle"), key=lambda kv: sort_key("shuffle", kv[0])):
+            acc = mean_ci(h.test_acc)
+            change = acc["mean"] / base - 1 if base == base and mode != "none" else None
+            rows.append({"series": name, "shuffle": mode, "n": len(h), "test_acc_mean": acc["mean"],
+                         "test_acc_sd": acc["sd"], "test_acc_ci95": acc["ci95"], "relative_change": change})
+    return rows
+
+
+def budget(frame: pd.DataFrame, final: pd.DataFrame) -> dict:
+    """What the analysed runs were given, and the training time of every trial that has a record."""
+    doc = {k: unique(final, k) for k in ("dataset", "preset", "epochs", "train_size", "test_size", "shuffle",
+                                         "device", "config.batch_size", "config.lr", "config.weight_decay",
+                                         "config.augment")}
+    doc["train_time_s_total"] = float(frame.train_time_s.sum()) if "train_time_s" in frame else 0.0
+    return doc

@@ -1,0 +1,71 @@
+"""Where and how a process computes: the device, the cores it may use, the precision, a clock that is right on
+CUDA, the cache folder and the code version."""
+import contextlib
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import UsageError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    if name not in DEVICES:
+        raise UsageError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
+    return torch.device(name)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which `study --workers` splits), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The precision of training and timing: bf16 autocast on CUDA, fp32 on CPU (no fast bf16 on AVX2)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timer(device: torch.device, clock=time.perf_counter):
+    """Starts a clock; the returned function gives the seconds since. On CUDA the clock is a pair of events on the
+    device's stream, read once the work queued before the second has run; on CPU `clock` (wall time, or
+    time.process_time for CPU time, which other load disturbs less)."""
+    if device.type != "cuda":
+        start = clock()
+        return lambda: clock() - start
+    begin = torch.cuda.Event(enable_timing=True)
+    begin.record()
+
+    def stop() -> float:
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1000
+
+    return stop
+
+
+def cache_dir() -> Path:
+    """~/.cache/ablate, or under $XDG_CACHE_HOME: downloaded datasets and counted preset costs."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ablate"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

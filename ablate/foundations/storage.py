@@ -1,0 +1,95 @@
+"""The one opener of an optuna storage for `study` and `report`: an RDB URL or a journal file, its password hidden
+in every message, and anything unusable a UsageError that says why."""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import BaseStorage
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import UsageError
+
+JOURNAL_SUFFIXES = (".log", ".journal")
+FORMS = "sqlite:///FILE, postgresql://USER:PASS@HOST/DB, mysql+pymysql://..., journal:FILE or a FILE ending .log/.journal"
+
+
+def journal_path(url: str) -> Path | None:
+    """`journal:PATH`, or a bare PATH ending .log/.journal: a journal file, for shared filesystems."""
+    if url.startswith("journal:"):
+        return Path(url.split(":", 1)[1])
+    if "://" not in url and url.endswith(JOURNAL_SUFFIXES):
+        return Path(url)
+    return None
+
+
+def masked(url: str) -> str:
+    """The storage URL with any password hidden, for messages and summaries."""
+    if "://" not in url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # shown as given; it fails to open anyway
+        return url
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def open_storage(url: str, create: bool = True, heartbeat: int | None = None) -> BaseStorage:
+    """An optuna storage for --storage. create=False (report) only reads: it never makes a database or a file.
+    With `heartbeat` seconds, RDB storages record trial heartbeats (a dead worker's trial goes stale after 2x)."""
+    path = journal_path(url)
+    if path is not None:
+        return open_journal(url, path, create)
+    if "://" not in url:
+        raise UsageError(f"--storage {url!r} is not a storage; valid: {FORMS}")
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as e:
+        raise UsageError(f"--storage {url}: not a storage URL ({first_line(e)}); e.g. sqlite:///ablate.db") from None
+    if not create and parsed.drivername.startswith("sqlite") and not (parsed.database and Path(parsed.database).is_file()):
+        raise UsageError(f"--storage {url}: no such file {parsed.database or '(none given)'}; run a study first "
+                         f"(`python -m ablate study FILE --storage {url}`)")
+    # SQLite: wait for other workers' writes instead of failing with "database is locked"; servers: fail in 10 s
+    engine_kwargs = ({"connect_args": {"timeout": 60}} if parsed.drivername.startswith("sqlite") else
+                     {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+                     if parsed.drivername.startswith(("postgresql", "mysql")) else {})
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create,
+                                              heartbeat_interval=heartbeat, grace_period=heartbeat and 2 * heartbeat)
+        except ImportError as e:
+            raise UsageError(f"cannot open storage {masked(url)}: no database driver ({first_line(e.__cause__ or e)}); "
+                             f"install it, or name an installed one in the URL, e.g. postgresql+psycopg2://") from None
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError, optuna.exceptions.OptunaError) as e:
+            if create and attempt < 2 and creating_tables_at_once(e):
+                time.sleep(random.uniform(0.2, 1.0))
+                continue
+            reason = first_line(getattr(e, "orig", None) or e.__cause__ or e)
+            hint = "" if create else " (is it an optuna storage?)"
+            raise UsageError(f"cannot open storage {masked(url)}{hint}: {reason}") from None
+
+
+def open_journal(url: str, path: Path, create: bool) -> BaseStorage:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    if create and not path.parent.is_dir():
+        raise UsageError(f"--storage {url}: folder {path.parent} does not exist")
+    if not create and not path.is_file():
+        raise UsageError(f"--storage {url}: no such journal file; give an existing journal file or an RDB URL "
+                         f"such as sqlite:///ablate.db or postgresql://user@host/db")
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--storage {url}: cannot open the journal file: {e}") from None
+
+
+def creating_tables_at_once(e: Exception) -> bool:
+    """Workers that open a new database together race to create optuna's tables; the losers find them made."""
+    return isinstance(e, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) or (
+        isinstance(e, sqlalchemy.exc.OperationalError) and "already exists" in str(e))

@@ -1,0 +1,84 @@
+"""The backbone's config: one dataclass, a comment per field, and the one check of every field."""
+from dataclasses import dataclass, field, fields
+
+from .channel import CHANNEL
+from .checks import check_fields
+from .errors import ConfigError
+from .layers import NORMS
+from .spatial import SPATIAL
+
+STEMS = ("patch", "overlap", "conv")
+
+
+@dataclass(frozen=True)
+class MetaFormerConfig:
+    img_size: int = 28                   # input height = width in pixels
+    in_chans: int = 1                    # input channels (1 for Fashion-MNIST, 3 for RGB)
+    num_classes: int = 10                # classifier outputs; 0 = no classifier, forward returns features (timm)
+    depths: tuple[int, ...] = (6,)       # blocks per stage: one entry = isotropic, several = hierarchical
+    dims: tuple[int, ...] = (64,)        # channels per stage
+    spatial: str | tuple[str, ...] = "mlp"   # spatial mixer name (blocks.SPATIAL), or one per stage
+    channel: str | tuple[str, ...] = "mlp"   # channel mixer name (blocks.CHANNEL), or one per stage
+    spatial_options: dict = field(default_factory=dict)  # {mixer name: options}; used only where that mixer is
+    channel_options: dict = field(default_factory=dict)  # {mixer name: options}; same for channel mixers
+    stem: str = "patch"                  # patch: k = s = patch_size conv; overlap: k7 s4 p2 (MetaFormer); conv: 3x3 s2 convs
+    patch_size: int = 4                  # total stride of the stem
+    stem_norm: str | None = None         # norm after the stem conv (MetaFormer v2), None = none
+    downsample_norm: str | None = None   # norm before each between-stage downsampling conv, None = none
+    norm: str = "layer"                  # block norm: layer | layer-nobias | batch | group1 | group1-nobias
+    norm_eps: float = 1e-6               # eps of every norm
+    pos_embed: str = "none"              # none | learned | sincos (added after the stem, isotropic models only)
+    head: str = "avg"                    # avg: mean over the grid | token: a class token mixed with the grid, read out (ViT)
+    head_norm: str = "post"              # pre: norm, pool (ViT, Mixer) | post: pool, norm (MetaFormer) | none
+    head_norm_name: str | None = None    # norm type of the head norm, None = same as `norm`
+    head_norm_eps: float | None = None   # eps of the head's norms, None = norm_eps (PoolFormer v1: 1e-5 in blocks, 1e-6 here)
+    head_hidden_ratio: float = 0.0       # 0: linear classifier; > 0: MLP head with this ratio (MetaFormer v2)
+    layer_scale: float | tuple | None = None  # init value of per-channel scale on each branch, None = off; or per stage
+    res_scale: float | tuple | None = None    # init value of per-channel scale on the residual (MetaFormer v2)
+    drop_path: float = 0.0               # stochastic depth, rising linearly to this over all blocks
+    drop: float = 0.0                    # dropout before the classifier
+
+    def per_stage(self, value):
+        return tuple(value) if isinstance(value, (tuple, list)) else (value,) * len(self.depths)
+
+
+CONFIG_FIELDS = tuple(f.name for f in fields(MetaFormerConfig))
+CHOICES = {"stem": STEMS, "norm": tuple(NORMS), "stem_norm": tuple(NORMS), "downsample_norm": tuple(NORMS),
+           "head_norm_name": tuple(NORMS), "pos_embed": ("none", "learned", "sincos"), "head": ("avg", "token"),
+           "head_norm": ("pre", "post", "none")}
+RANGES = {
+    "img_size": (lambda v: v > 0, "> 0"), "in_chans": (lambda v: v > 0, "> 0"),
+    "num_classes": (lambda v: v >= 0, ">= 0"), "depths": (lambda v: v > 0, "> 0 per stage"),
+    "dims": (lambda v: v > 0, "> 0 per stage"), "patch_size": (lambda v: v > 0, "> 0"),
+    "norm_eps": (lambda v: v > 0, "> 0"), "head_norm_eps": (lambda v: v > 0, "> 0"),
+    "head_hidden_ratio": (lambda v: v >= 0, ">= 0"), "layer_scale": (lambda v: v > 0, "> 0"),
+    "res_scale": (lambda v: v > 0, "> 0"), "drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "drop": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def validate(cfg: MetaFormerConfig) -> None:
+    """Every field's type, choices and range, then how the fields fit together; a ConfigError names the field."""
+    for kind, registry in (("spatial", SPATIAL), ("channel", CHANNEL)):
+        for name in cfg.per_stage(getattr(cfg, kind)) if isinstance(getattr(cfg, kind), (str, tuple, list)) else ():
+            if name not in registry:
+                raise ConfigError(f"unknown {kind} mixer {name!r}; valid: {', '.join(registry)}")
+    check_fields(cfg, RANGES, CHOICES)
+    for kind, registry in (("spatial_options", SPATIAL), ("channel_options", CHANNEL)):
+        unknown = [k for k in getattr(cfg, kind) if k not in registry]
+        if unknown:
+            raise ConfigError(f"{kind} names unknown mixer {unknown[0]!r}; valid: {', '.join(registry)}")
+        bad = [k for k, v in getattr(cfg, kind).items() if not isinstance(v, dict)]
+        if bad:
+            raise ConfigError(f"{kind}[{bad[0]!r}] must be a table of that mixer's options")
+    n = len(cfg.depths)
+    if len(cfg.dims) != n:
+        raise ConfigError(f"depths has {n} stages but dims has {len(cfg.dims)}")
+    for name in ("spatial", "channel", "layer_scale", "res_scale"):
+        value = getattr(cfg, name)
+        if isinstance(value, (tuple, list)) and len(value) != n:
+            raise ConfigError(f"{name} lists {len(value)} entries for {n} stages")
+    if cfg.pos_embed != "none" and n > 1:
+        raise ConfigError("a positional embedding needs the isotropic shape (one stage)")
+    if cfg.head == "token" and (n > 1 or not cfg.norm.startswith("layer")):
+        raise ConfigError("a class token (head='token') needs one stage and a per-token norm (layer, layer-nobias)")
