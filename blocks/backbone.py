@@ -5,6 +5,8 @@ Every block sees a channels-last token grid (B, H, W, C) and does
     x = res_scale1 * x + drop_path(layer_scale1 * spatial(norm1(x)))
     x = res_scale2 * x + drop_path(layer_scale2 * channel(norm2(x)))
 
+(with residual=False the `res_scale * x` terms are gone: PoolFormer Table 5's "no residual").
+
 One stage of N blocks after a patch stem is the isotropic shape (ViT, Mixer); four
 stages with downsampling between them is the hierarchical shape (PoolFormer, ConvFormer,
 CAFormer). Everything that differs between those families is a field of MetaFormerConfig,
@@ -63,6 +65,20 @@ def optional(module_or_none):
     return module_or_none if module_or_none is not None else nn.Identity()
 
 
+class Cut(nn.Module):
+    """The residual path of a block without skip connections: x = 0 + branch(x)."""
+
+    def forward(self, x: torch.Tensor) -> int:
+        return 0
+
+
+def residual_path(cfg: MetaFormerConfig, dim: int, res_scale: float | None) -> nn.Module:
+    """What a block adds its branch to: x, a learned per-channel scale of x (MetaFormer v2), or nothing."""
+    if not cfg.residual:
+        return Cut()
+    return optional(res_scale and Scale(dim, res_scale))
+
+
 class Block(nn.Module):
     def __init__(self, dim: int, spatial: nn.Module, channel: nn.Module, cfg: MetaFormerConfig,
                  drop_path: float, layer_scale: float | None, res_scale: float | None):
@@ -70,11 +86,11 @@ class Block(nn.Module):
         self.norm1 = make_norm(cfg.norm, dim, cfg.norm_eps)
         self.spatial = spatial
         self.layer_scale1 = optional(layer_scale and Scale(dim, layer_scale))
-        self.res_scale1 = optional(res_scale and Scale(dim, res_scale))
+        self.res_scale1 = residual_path(cfg, dim, res_scale)
         self.norm2 = make_norm(cfg.norm, dim, cfg.norm_eps)
         self.channel = channel
         self.layer_scale2 = optional(layer_scale and Scale(dim, layer_scale))
-        self.res_scale2 = optional(res_scale and Scale(dim, res_scale))
+        self.res_scale2 = residual_path(cfg, dim, res_scale)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)

@@ -25,7 +25,8 @@ class MetaFormerConfig:
     patch_size: int = 4                  # total stride of the stem
     stem_norm: str | None = None         # norm after the stem conv (MetaFormer v2), None = none
     downsample_norm: str | None = None   # norm before each between-stage downsampling conv, None = none
-    norm: str = "layer"                  # block norm: layer | layer-nobias | batch | group1 | group1-nobias
+    norm: str = "layer"                  # block norm: layer | layer-nobias | batch | group1 | group1-nobias | none
+    residual: bool = True                # skip connections around both branches; False: x = branch(norm(x))
     norm_eps: float = 1e-6               # eps of every norm
     pos_embed: str = "none"              # none | learned | sincos (added after the stem, isotropic models only)
     head: str = "avg"                    # avg: mean over the grid | token: a class token mixed with the grid, read out (ViT)
@@ -80,5 +81,9 @@ def validate(cfg: MetaFormerConfig) -> None:
             raise ConfigError(f"{name} lists {len(value)} entries for {n} stages")
     if cfg.pos_embed != "none" and n > 1:
         raise ConfigError("a positional embedding needs the isotropic shape (one stage)")
-    if cfg.head == "token" and (n > 1 or not cfg.norm.startswith("layer")):
-        raise ConfigError("a class token (head='token') needs one stage and a per-token norm (layer, layer-nobias)")
+    if cfg.head == "token" and (n > 1 or cfg.norm not in ("layer", "layer-nobias", "none")):
+        raise ConfigError("a class token (head='token') needs one stage and a per-token norm (layer, layer-nobias, "
+                          "none)")
+    if not cfg.residual and (cfg.drop_path or any(cfg.per_stage(cfg.res_scale))):
+        raise ConfigError("residual=false leaves no skip connection for drop_path to fall back on or res_scale to "
+                          "scale; set drop_path = 0 and res_scale = none")

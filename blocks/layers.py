@@ -28,6 +28,7 @@ class ChannelsFirst(nn.Module):
 
 
 NORMS = {
+    "none": lambda dim, eps: nn.Identity(),  # PoolFormer Table 5's "no normalization"
     "layer": lambda dim, eps: nn.LayerNorm(dim, eps=eps),
     "layer-nobias": lambda dim, eps: nn.LayerNorm(dim, eps=eps, bias=False),
     "batch": lambda dim, eps: ChannelsFirst(nn.BatchNorm2d(dim, eps=eps)),

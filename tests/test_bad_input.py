@@ -12,7 +12,7 @@ from ablate.foundations.config import RunConfig
 from blocks.errors import ConfigError
 
 SYN = ["--dataset", "synthetic", "--epochs", "1"]
-GOOD_EXPERIMENT = '[study]\nname = "x"\nseeds = [0]\n[run]\ndataset = "synthetic"\nepochs = 1\n[arms]\nspatial = ["conv"]\n'
+GOOD_EXPERIMENT = '[study]\nname = "x"\nseeds = [0]\n[run]\ndataset = "synthetic"\nval_size = 100\nepochs = 1\n[arms]\nspatial = ["conv"]\n'
 
 CASES = {
     # run
@@ -24,6 +24,12 @@ CASES = {
     "negative train size": (["--train-size", "-5", *SYN], r"--train-size: must be positive, got -5"),
     "zero epochs": (["--epochs", "0", "--dataset", "synthetic"], r"--epochs: must be positive"),
     "train size above dataset": (["--train-size", "5000", *SYN], r"--train-size 5000 is outside 1..2000"),
+    "negative val size": (["--val-size", "-1", *SYN], r"--val-size: must be >= 0, got -1"),
+    "val split as large as the training set": (["--val-size", "2000", *SYN], r"--val-size 2000 must leave training images"),
+    "train size above what the val split leaves": (["--val-size", "1000", "--train-size", "1500", *SYN],
+                                                   r"--train-size 1500 is more than the 1000 training images left"),
+    "steps and epochs": (["--steps", "10", *SYN], r"argument --epochs: not allowed with argument --steps"),
+    "warm-up of the whole run": (["--warmup", "1", *SYN], r"warmup = 1.0 is out of range"),
     "negative lr": (["--lr", "-1", *SYN], r"lr = -1.0 is out of range"),
     "patch does not divide image": (["--model-opt", "img_size=30", *SYN], r"image size 30 is not divisible by the patch size 4"),
     "token-MLP on another grid": (["--spatial", "mlp", "--model-opt", "img_size=32", *SYN],
@@ -109,9 +115,10 @@ def test_matrix_is_wide():
 
 RUN_BAD_VALUES = {"spatial": "sa", "channel": "moe", "preset": "giant", "model_options": [], "match": "flops",
                   "match_to": 3, "dataset": "imagenet", "img_size": 0, "data_dir": 5, "train_size": 0, "epochs": 0,
-                  "eval_every": 0, "batch_size": 0, "lr": 0.0, "weight_decay": -1.0, "warmup_epochs": -1.0,
+                  "eval_every": 0, "val_size": -1, "steps": 0, "batch_size": 0, "lr": 0.0, "weight_decay": -1.0, "warmup": 1.0,
                   "label_smoothing": 1.0, "augment": "yes", "shuffle": "rows", "seed": "zero", "device": "tpu",
-                  "compile": 1, "out": 5}
+                  "compile": 1, "out": 5, "recipe": "medium", "mixup": -0.1, "cutmix": "yes",
+                  "random_erasing": 1.5, "ema": 1.0}
 
 
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(RunConfig)])

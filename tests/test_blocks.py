@@ -1,5 +1,6 @@
 """Every registered spatial x channel mixer pair in both backbone shapes: shape, finite loss, gradients."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -154,7 +155,8 @@ BAD_VALUES = {"img_size": 0, "in_chans": -1, "num_classes": -1, "depths": (0,), 
               "channel": None, "spatial_options": [], "channel_options": {"mlp": 4}, "stem": "pixel",
               "patch_size": 0, "stem_norm": "rms", "downsample_norm": 1, "norm": "rms", "norm_eps": 0.0,
               "pos_embed": "rope", "head": "cls", "head_norm": "mid", "head_norm_name": "rms", "head_norm_eps": -1.0,
-              "head_hidden_ratio": -1.0, "layer_scale": -1e-5, "res_scale": "one", "drop_path": 1.5, "drop": -0.1}
+              "head_hidden_ratio": -1.0, "layer_scale": -1e-5, "res_scale": "one", "drop_path": 1.5, "drop": -0.1,
+              "residual": "yes"}
 
 
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(blocks.MetaFormerConfig)])
@@ -162,3 +164,39 @@ def test_every_config_field_is_checked(name):
     """A wrong type or an out-of-range value of any field is a ConfigError naming it, before anything is built."""
     with pytest.raises(blocks.ConfigError, match=name.split("_options")[0] if "options" in name else name):
         blocks.create("tiny", **{name: BAD_VALUES[name]})
+
+
+STRUCTURES = {"no channel mixer": {"channel": "identity"}, "no norm": {"norm": "none"},
+              "no residual": {"residual": False}}
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("spatial", blocks.SPATIAL)
+def test_structure_ablations_build_and_train_with_every_mixer(spatial: str, structure: str):
+    """PoolFormer Table 5's structure ablations: each removal builds and trains (finite losses, every parameter
+    updated); without the channel MLP or the norm a fixed batch's loss falls within 8 AdamW steps. Without
+    residuals it need not: four blocks initialised at std 0.02 pass almost nothing on (PoolFormer: 0.1% top-1)."""
+    torch.manual_seed(0)
+    model = blocks.create("tiny", spatial=spatial, **STRUCTURES[structure])
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+    if structure != "no residual":
+        assert losses[-1] < losses[0]
+
+
+def test_no_residual_means_no_skip_connection():
+    model = blocks.create("tiny", spatial="identity", channel="identity", residual=False, norm="none")
+    grid = torch.randn(2, 7, 7, 64)
+    assert torch.equal(model.stages[0](grid), grid)  # identity branches, nothing added back: x passes unchanged
+    with pytest.raises(blocks.ConfigError, match="residual=false"):
+        blocks.create("tiny", residual=False, drop_path=0.1)

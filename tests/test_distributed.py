@@ -131,7 +131,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_divergence_stops_every_rank(tmp_path):
-    out = torchrun("--dataset", "synthetic", "--epochs", "1", "--lr", "1e12", "--warmup-epochs", "0",
+    out = torchrun("--dataset", "synthetic", "--epochs", "1", "--lr", "1e12", "--warmup", "0",
                    "--device", "cpu", "--out", str(tmp_path))
     assert out.returncode != 0  # torchrun reports a failed job as 1 whatever its workers' codes were
     assert out.stderr.count("failed: diverged: loss is") == 2, out.stderr  # both ranks saw the same loss

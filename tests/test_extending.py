@@ -115,7 +115,7 @@ def test_recipe_4_a_study_launcher(tmp_path, capsys, monkeypatch):
         return 0
     monkeypatch.setitem(launchers.LAUNCHERS, "threads", Launcher(threads, "worker threads in this process"))
     file = tmp_path / "exp.toml"
-    file.write_text('[study]\nname = "toy"\nseeds = [0, 1]\n[run]\ndataset = "synthetic"\ntrain_size = 200\n'
+    file.write_text('[study]\nname = "toy"\nseeds = [0, 1]\n[run]\ndataset = "synthetic"\nval_size = 100\ntrain_size = 200\n'
                     'batch_size = 100\nepochs = 1\nmodel_options = { depths = [1], dims = [16] }\n'
                     '[arms]\nspatial = ["conv", "pool"]\n')
     doc = run_json(capsys, "study", str(file), "--launcher", "threads", "--workers", "2",

@@ -18,13 +18,18 @@ from conftest import ROOT, run_cli, wait_for_first_epoch
 ARGS = ["--dataset", "synthetic", "--epochs", "3", "--batch-size", "50", "--train-size", "500", "--seed", "7"]
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    reference = run_cli(*ARGS, "--out", str(tmp_path / "ref"), "--json")
+LONG = ["--recipe", "long", "--mixup", "0.2", "--cutmix", "1.0"]  # EMA, erasing, Mixup/CutMix: their states too
+
+
+@pytest.mark.parametrize("recipe", [[], LONG], ids=["short", "long"])
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, recipe):
+    args = [*ARGS, *recipe]
+    reference = run_cli(*args, "--out", str(tmp_path / "ref"), "--json")
     assert reference.returncode == 0, reference.stderr
     expected = json.loads(reference.stdout)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "ablate", *ARGS, "--out", str(out)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "ablate", *args, "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     record = wait_for_first_epoch(out)  # then kill at once
     os.kill(proc.pid, signal.SIGKILL)
@@ -32,7 +37,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     killed = json.loads(record.read_text())
     assert killed["status"] == "running" and 1 <= len(killed["history"]) < 3
 
-    resumed = run_cli(*ARGS, "--out", str(out), "--resume", "--json")
+    resumed = run_cli(*args, "--out", str(out), "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr
     got = json.loads(resumed.stdout)
     assert got["run_id"] == killed["run_id"]
@@ -41,7 +46,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_divergence_exits_1_with_where_it_happened(tmp_path):
-    out = run_cli("--dataset", "synthetic", "--epochs", "1", "--lr", "1e12", "--warmup-epochs", "0",
+    out = run_cli("--dataset", "synthetic", "--epochs", "1", "--lr", "1e12", "--warmup", "0",
                   "--out", str(tmp_path))
     assert out.returncode == 1, out.stderr
     assert "diverged: loss is" in out.stderr and "epoch 1, step" in out.stderr and "last finite loss" in out.stderr
@@ -83,6 +88,7 @@ name = "twice-killed"
 seeds = [0, 1]
 [run]
 dataset = "synthetic"
+val_size = 100
 train_size = 600
 batch_size = 50
 epochs = 3

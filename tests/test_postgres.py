@@ -26,11 +26,12 @@ name = "pg"
 seeds = [0, 1]
 [run]
 dataset = "synthetic"
+val_size = 100
 train_size = 1000
 batch_size = 50
 epochs = 1
 lr = 1e-2
-warmup_epochs = 0
+warmup = 0
 augment = false
 model_options = { depths = [1], dims = [16] }
 [arms]

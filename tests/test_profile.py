@@ -233,3 +233,19 @@ def test_slow_models_do_not_print_zero_images_per_second():
     assert (row["train_img_s"], row["infer_img_s"]) == (0.04123, 1235.0)
     table = profile.format_table([row])
     assert " 0.041 " in table and " 1,235 " in table
+
+
+def test_profile_counts_the_structure_ablations(capsys, tmp_path):
+    """No channel MLP removes its MACs and parameters; no norm removes the norms'; no residual costs the same."""
+    base = ["profile", "--spatial", "pool", "--channel", "mlp,identity", *QUICK, "--device", "cpu",
+            "--csv", str(tmp_path / "p.csv"), "--json"]
+    assert cli_main(base) == 0
+    mlp, identity = json.loads(capsys.readouterr().out)["rows"]
+    assert identity["channel"] == "identity" and identity["params"] < mlp["params"] and identity["macs"] < mlp["macs"]
+    for option, compare in (("norm=none", lambda a, b: a < b), ("residual=false", lambda a, b: a == b)):
+        assert cli_main([*base, "--model-opt", option]) == 0
+        ablated = json.loads(capsys.readouterr().out)["rows"][0]
+        assert compare(ablated["params"], mlp["params"]) and compare(ablated["macs"], mlp["macs"]), option
+        model = blocks.create("tiny", spatial="pool", **{option.split("=")[0]: json.loads(option.split("=")[1])
+                                                        if option.endswith("false") else "none"})
+        assert ablated["macs"] == count_macs(model, (1, 28, 28))

@@ -19,6 +19,7 @@ from optuna.trial import TrialState, create_trial
 from scipy import stats
 
 from ablate import commands as cli
+from ablate.engines.report import scaling
 from ablate.engines.report import stats as report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -63,7 +64,7 @@ def full_study(url: str, name: str = "everything", seeds=(0, 1, 2)) -> optuna.St
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["test_acc"])
-    study.set_user_attr("axes", {"spatial": list(LAW), "channel": ["mlp"], "train_size": [250, 1000, 4000, 16000],
+    study.set_user_attr("axes", {"spatial": list(LAW), "channel": ["mlp"], "train_size": [250, 1000, 4000, 16000, 64000],
                                  "shuffle": ["none", "global"]})
     space = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "weight_decay": FloatDistribution(0.0, 0.1)}
     rng = np.random.default_rng(1)
@@ -76,7 +77,7 @@ def full_study(url: str, name: str = "everything", seeds=(0, 1, 2)) -> optuna.St
             study.add_trial(create_trial(value=rec["test_acc"], params={"lr": lr, "weight_decay": wd},
                                          distributions=space, user_attrs=attrs(axes, "tune", 0, rec, f"tune{k}")))
     for spatial in LAW:
-        for size in (250, 1000, 4000, 16000):
+        for size in (250, 1000, 4000, 16000, 64000):
             for shuffle in ("none", "global"):
                 for seed in seeds:
                     axes = {"spatial": spatial, "channel": "mlp", "train_size": size, "shuffle": shuffle}
@@ -100,8 +101,7 @@ def storage(tmp_path):
 
 
 def run_report(storage: str, name: str, out, *extra: str, capsys=None) -> tuple[int, dict | None]:
-    code = cli.main(["report", "--study", name, "--storage", storage, "-o", str(out), "--bootstrap", "60",
-                     "--json", *extra])
+    code = cli.main(["report", "--study", name, "--storage", storage, "-o", str(out), "--json", *extra])
     doc = json.loads(capsys.readouterr().out) if capsys is not None and code == 0 else None
     return code, doc
 
@@ -113,7 +113,7 @@ def everything(tmp_path_factory):
     url = f"sqlite:///{folder / 'ablate.db'}"
     study = full_study(url)
     out = folder / "report"
-    args = ["report", "--study", "everything", "--storage", url, "-o", str(out), "--bootstrap", "60", "--json"]
+    args = ["report", "--study", "everything", "--storage", url, "-o", str(out), "--json"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert cli.main(args) == 0
@@ -133,7 +133,8 @@ def test_full_study_gives_every_figure_table_and_csv(everything):
     md = (out / "report.md").read_text()
     for name in names:
         assert f"]({name}.png)" in md
-    for heading in ("## Budget", "## Arms", "## Data scaling", "## Shuffle robustness", "## Tuning"):
+    for heading in ("## Budget", "## Arms", "## Pairwise comparisons", "## Does one axis's effect depend on another?",
+                    "## Data scaling", "## Shuffle robustness", "## Tuning"):
         assert heading in md
     # every trial in every state is in the CSV, with its record flattened
     rows = list(csv.DictReader((out / "trials.csv").open()))
@@ -142,9 +143,9 @@ def test_full_study_gives_every_figure_table_and_csv(everything):
     assert {"params_lr", "config.batch_size", "test_acc", "macs", "value", "cell", "error"} <= set(rows[0])
     assert json.loads(rows[0]["axes"])["channel"] == "mlp"
     assert doc["trials"] == {"COMPLETE": len(study.trials) - 3, "FAIL": 2, "PRUNED": 1} and doc["lost_claims"] == 1
-    assert doc["n_final"] == 3 * 4 * 2 * 3, "the cell recorded twice counts once"
+    assert doc["n_final"] == 3 * 5 * 2 * 3, "the cell recorded twice counts once"
     assert doc["axes"] == ["spatial", "train_size", "shuffle"], "channel has one value: not an axis"
-    assert doc["budget"]["train_size"] == [250, 1000, 4000, 16000]
+    assert doc["budget"]["train_size"] == [250, 1000, 4000, 16000, 64000]
     assert json.loads((out / "summary.json").read_text()) == doc
 
 
@@ -172,17 +173,20 @@ def test_power_law_fit_recovers_the_law_it_was_given(everything):
     fits = {r["series"]: r for r in doc["power_law"]}
     assert set(fits) == {f"spatial={s}, shuffle={m}" for s in LAW for m in ("none", "global")}
     for spatial, (a, b, c) in LAW.items():
-        fit = fits[f"spatial={spatial}, shuffle=none"]["fit"]
+        row = fits[f"spatial={spatial}, shuffle=none"]
+        assert row["status"] == "fitted" and row["lack_of_fit"]["p"] > 0.05  # the law is the truth: not rejected
+        fit = row["fit"]
         assert fit["b"]["value"] == pytest.approx(b, abs=0.15)
         assert fit["c"]["value"] == pytest.approx(c, abs=0.02)
         for k, true in zip("abc", (a, b, c)):
             low, high = fit[k]["ci95"]
-            assert low <= fit[k]["value"] <= high
+            assert low <= fit[k]["value"] <= high and low <= true <= high, (spatial, k)
+        assert row["asymptotic_acc"] == pytest.approx(1 - fit["c"]["value"])
 
 
 def test_fit_power_law_on_exact_data():
     n = np.array([100, 300, 1000, 3000, 10000, 60000], dtype=float)
-    a, b, c = report.fit_power_law(n, 5.0 * n ** -0.5 + 0.07)
+    a, b, c = scaling.fit_power_law(n, 5.0 * n ** -0.5 + 0.07)
     assert (a, b, c) == pytest.approx((5.0, 0.5, 0.07), rel=1e-3)
 
 
@@ -190,8 +194,8 @@ def test_shuffle_table_gives_relative_change(everything):
     doc = everything[2]
     rows = {(r["series"], r["shuffle"]): r for r in doc["shuffle"]}
     conv = rows[("conv", "global")]
-    base = np.mean([record("conv", 16000, "none", s)["test_acc"] for s in (0, 1, 2)])
-    shuffled = np.mean([record("conv", 16000, "global", s)["test_acc"] for s in (0, 1, 2)])
+    base = np.mean([record("conv", 64000, "none", s)["test_acc"] for s in (0, 1, 2)])
+    shuffled = np.mean([record("conv", 64000, "global", s)["test_acc"] for s in (0, 1, 2)])
     assert conv["relative_change"] == pytest.approx(shuffled / base - 1)
     assert rows[("mlp", "global")]["relative_change"] == pytest.approx(0, abs=0.02)
     assert rows[("mlp", "none")]["relative_change"] is None
@@ -284,19 +288,70 @@ def test_password_is_hidden():
     assert masked("postgresql://me:secret@db.example/ablate").startswith("postgresql://me:")
 
 
-def test_scaling_without_bootstrap_reports_the_fit_alone(storage, tmp_path, capsys):
-    study = optuna.create_study(study_name="scale", storage=storage, direction="maximize")
-    for size in (500, 2000, 8000):
-        rec = record("mlp", size, "none", 0)
-        rec["history"] = rec["history"][-1:]
-        study.add_trial(final_trial({"spatial": "mlp", "train_size": size}, rec))
-    code = cli.main(["report", "--study", "scale", "--storage", storage, "-o", str(tmp_path / "r"), "--bootstrap", "0",
-                     "--json"])
-    doc = json.loads(capsys.readouterr().out)
-    assert code == 0 and [f["name"] for f in doc["figures"]] == ["scaling"]
+def scaling_study(storage: str, name: str, sizes, law, seeds=(0, 1, 2), noise: float = 0.004) -> None:
+    """Final trials of one mixer whose error follows `law(N)` plus seed noise."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    rng = np.random.default_rng(7)
+    for size in sizes:
+        for seed in seeds:
+            rec = record("mlp", size, "none", seed) | {"test_acc": float(1 - law(size) + rng.normal(0, noise))}
+            study.add_trial(final_trial({"spatial": "mlp", "train_size": size}, rec))
+
+
+def test_fewer_than_five_sizes_are_not_fitted(storage, tmp_path, capsys):
+    scaling_study(storage, "scale", (500, 2000, 8000), lambda n: 6.0 * n ** -0.55 + 0.08)
+    code, doc = run_report(storage, "scale", tmp_path / "r", capsys=capsys)
+    assert code == 0 and "scaling" in [f["name"] for f in doc["figures"]]  # the points, without a law
+    row = doc["power_law"][0]
+    assert row["fit"] is None and row["status"].startswith("not fitted: 3 train sizes")
+    assert "| mlp | 9 | 3 | not fitted: 3 train sizes" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_floor_of_zero_is_not_identified(storage, tmp_path, capsys):
+    """Data from a law with c = 0: c's interval reaches its bound, so neither c nor 1 - c is printed as a number."""
+    scaling_study(storage, "floorless", (250, 1000, 4000, 16000, 64000), lambda n: 4.0 * n ** -0.5)
+    code, doc = run_report(storage, "floorless", tmp_path / "r", capsys=capsys)
     fit = doc["power_law"][0]["fit"]
-    assert fit["b"]["value"] > 0 and fit["b"]["ci95"] == [None, None]
-    assert "| mlp | 3 | 3 |" in (tmp_path / "r" / "report.md").read_text()
+    assert code == 0 and fit["c"]["identified"] is False and fit["c"]["bound"] == 0
+    assert fit["b"]["identified"] and fit["b"]["ci95"][0] <= 0.5 <= fit["b"]["ci95"][1]
+    assert doc["power_law"][0]["asymptotic_acc"] is None
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "not identified: [0.0000," in md and "1.0000" not in md.split("## Data scaling")[1]
+
+
+def test_a_law_the_data_reject_is_said_to_be_rejected_and_not_drawn(storage, tmp_path, capsys, monkeypatch):
+    """A step in the accuracy (no power law) with small seed noise: the lack-of-fit test rejects the fit."""
+    from ablate.engines.report import figures
+    drawn = []
+    monkeypatch.setattr(figures, "power_law", lambda *args: drawn.append(args) or np.zeros(200))
+    scaling_study(storage, "step", (250, 1000, 4000, 16000, 64000), lambda n: 0.2 if n < 4000 else 0.1, noise=0.002)
+    code, doc = run_report(storage, "step", tmp_path / "r", capsys=capsys)
+    row = doc["power_law"][0]
+    assert code == 0 and row["fit"] is None and row["status"].startswith("rejected: lack of fit")
+    assert row["lack_of_fit"]["p"] < 0.05 and drawn == []
+    assert "rejected: lack of fit against the seed noise" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_pairwise_comparisons_are_holm_corrected_as_statsmodels_does(everything):
+    from statsmodels.stats.multitest import multipletests
+    rows = [r for r in everything[2]["pairwise"] if r["p"] is not None]
+    assert {r["axis"] for r in rows} == {"spatial", "shuffle"}  # one axis differs; train size is the data axis
+    expected = multipletests([r["p"] for r in rows], method="holm")[1]
+    assert [r["p_holm"] for r in rows] == pytest.approx(list(expected))
+    paired = next(r for r in rows if r["a"] == "spatial=conv, train_size=64000, shuffle=global"
+                  and r["b"] == "spatial=conv, train_size=64000, shuffle=none")
+    a = [record("conv", 64000, "global", s)["test_acc"] for s in (0, 1, 2)]
+    b = [record("conv", 64000, "none", s)["test_acc"] for s in (0, 1, 2)]
+    assert paired["test"] == "paired t" and paired["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert paired["diff"] == pytest.approx(np.mean(a) - np.mean(b)) and paired["mdd"] > 0
+
+
+def test_anova_asks_whether_the_mixer_effect_depends_on_the_structure(everything):
+    doc = everything[2]["anova"]
+    assert doc["factors"] == ["spatial", "shuffle", "train_size"]
+    terms = {t["term"]: t for t in doc["terms"]}
+    assert {"spatial x shuffle", "spatial x train_size"} <= set(terms)
+    assert terms["spatial x shuffle"]["p"] < 0.001  # the law gives every mixer but mlp a global-shuffle penalty
 
 
 def test_axes_linked_to_the_train_size_are_part_of_the_data_axis(storage, tmp_path, capsys):
@@ -320,8 +375,8 @@ def test_report_reads_what_ablate_study_writes(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     file = tmp_path / "grid.toml"
     file.write_text('[study]\nname = "grid"\nseeds = [0, 1]\n'
-                    '[run]\ndataset = "synthetic"\ntrain_size = 200\nbatch_size = 50\nepochs = 2\nlr = 1e-2\n'
-                    'warmup_epochs = 0\naugment = false\nmodel_options = { depths = [1], dims = [16] }\n'
+                    '[run]\ndataset = "synthetic"\nval_size = 100\ntrain_size = 200\nbatch_size = 50\nepochs = 2\nlr = 1e-2\n'
+                    'warmup = 0\naugment = false\nmodel_options = { depths = [1], dims = [16] }\n'
                     '[arms]\nspatial = ["conv", "mlp"]\nchannel = ["mlp"]\n')
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert cli.main(["study", str(file), "--storage", url, "--out", str(tmp_path / "runs"), "--json"]) == 0

@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = """
 [run]
 dataset = "synthetic"
+val_size = 100
 train_size = {train_size}
 batch_size = 50
 epochs = {epochs}
-{lr}warmup_epochs = 0
+{lr}warmup = 0
 augment = false
 model_options = {{ depths = [1], dims = [16] }}
 """
@@ -75,7 +76,7 @@ def test_grid_study_runs_every_cell_once_and_resumes(tmp_path, capsys):
     assert rc == 0, err
     assert doc["cells"] == {"total": 4, "done": 4, "running": 0} and doc["duplicates"] == 0
     assert [a["arm"] for a in doc["arms"]] == ["spatial=conv", "spatial=mlp"]
-    assert all(a["seeds_done"] == 2 and 0 <= a["mean"]["test_acc"] <= 1 for a in doc["arms"])
+    assert all(a["seeds_done"] == 2 and 0 <= a["mean"]["val_acc"] <= 1 for a in doc["arms"])
     ts = trials("grid", url)
     assert len(ts) == 4 and all(t.state == TrialState.COMPLETE for t in ts)
     assert {(t.user_attrs["arm"], t.user_attrs["seed"], t.user_attrs["phase"]) for t in ts} == {
@@ -83,7 +84,7 @@ def test_grid_study_runs_every_cell_once_and_resumes(tmp_path, capsys):
     for t in ts:  # the storage alone holds each run's record
         record = t.user_attrs["record"]
         assert record["spatial"] == t.user_attrs["axes"]["spatial"] and record["seed"] == t.user_attrs["seed"]
-        assert t.value == record["test_acc"] and record["status"] == "done" and len(record["history"]) == 1
+        assert t.value == record["val_acc"] and record["status"] == "done" and len(record["history"]) == 1
     run_dirs = sorted(out.glob("grid/*/*/*/record.json"))
     assert len(run_dirs) == 4
 
@@ -131,7 +132,7 @@ def test_pruner_prunes_a_tuning_trial(tmp_path, capsys):
     file = experiment(tmp_path, """
 [study]
 name = "pruned"
-metric = "test_loss"
+metric = "val_loss"
 sampler = "grid"
 pruner = "median"
 pruner_options = { n_startup_trials = 1 }
@@ -153,7 +154,7 @@ def test_multi_objective_reports_the_pareto_front(tmp_path, capsys):
     file = experiment(tmp_path, """
 [study]
 name = "pareto"
-metric = ["test_acc", "macs"]
+metric = ["val_acc", "macs"]
 [arms]
 spatial = ["conv", "mlp", "identity"]
 """)
@@ -233,7 +234,7 @@ def test_workers_share_a_journal_file(tmp_path, capfd):
 
 @pytest.mark.parametrize("text, message", [
     ('[study]\nsedes = [0]\n', "unknown [study] key 'sedes'; valid: name, metric"),
-    ('[study]\nmetric = "accuracy"\n', "[study].metric = 'accuracy' is not one of: test_acc"),
+    ('[study]\nmetric = "accuracy"\n', "[study].metric = 'accuracy' is not one of: val_acc"),
     ('[study]\nseeds = [0, "1"]\n', "[study].seeds must be a whole number, got '1'"),
     ('[study]\npruner = "median"\n', "[study].pruner = \"median\" needs a [search] section"),
     ('[run]\nepochs = "two"\n', "[run].epochs must be a whole number, got 'two'"),
@@ -262,7 +263,7 @@ def test_bad_experiment_file_exits_2_naming_the_key(tmp_path, capsys, text, mess
 def test_linked_axis_sets_several_options_per_arm(tmp_path):
     from ablate.engines.study import experiment as experiment_file
     file = tmp_path / "scaling.toml"
-    file.write_text('[run]\ndataset = "synthetic"\n[arms]\nspatial = ["conv", "mlp"]\n'
+    file.write_text('[run]\ndataset = "synthetic"\nval_size = 100\n[arms]\nspatial = ["conv", "mlp"]\n'
                     'data = [{ train_size = 200, epochs = 4 }, { train_size = 400, epochs = 2 }]\n')
     exp = experiment_file.load(file)
     assert [a.axes for a in exp.arms] == [{"spatial": s, "train_size": n, "epochs": e} for s in ("conv", "mlp")
@@ -302,11 +303,11 @@ def test_racing_workers_never_run_a_cell_twice(tmp_path, monkeypatch, kind):
     url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal:{tmp_path}/s.log"
     ran, lock = [], threading.Lock()
 
-    def fake_run(cfg, resume=False, quiet=False, on_epoch=None):
+    def fake_run(cfg, resume=False, quiet=False, on_eval=None):
         with lock:
             ran.append((cfg.spatial, cfg.seed))
         time.sleep(0.05)
-        return {"test_acc": 0.5, "spatial": cfg.spatial, "seed": cfg.seed}
+        return {"val_acc": 0.5, "spatial": cfg.spatial, "seed": cfg.seed}
     monkeypatch.setattr(study_module.runs, "run", fake_run)
     open_study(exp, open_storage(url, heartbeat=1))
     barrier = threading.Barrier(6)
@@ -355,7 +356,8 @@ def test_shipped_experiments_meet_the_minimum_sizes():
     from ablate.engines.study import experiment as experiment_file
     load = {p.stem: experiment_file.load(p) for p in (ROOT / "experiments").glob("*.toml")}
     sizes = load["data_scaling"].fields["train_size"]
-    assert len(sizes) >= 6 and min(sizes) <= 1000 and max(sizes) == 60000
+    assert len(sizes) >= 6 and min(sizes) <= 1000 and max(sizes) == 60000 - 5000  # all beside the validation split
+    assert load["data_scaling"].run["steps"] > 0  # the same steps at every size
     assert set(load["data_scaling"].fields["spatial"]) == {"attention", "mlp", "conv"}
     shuffle = load["shuffle"]
     assert shuffle.fields == {"spatial": ["attention", "mlp", "conv"], "shuffle": ["none", "patch", "global"]}
@@ -379,3 +381,28 @@ def test_storage_retries_when_another_worker_is_creating_the_tables(tmp_path, mo
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
     storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=1)
     assert len(calls) == 2 and storage.get_all_studies() == []
+
+
+def test_tuning_follows_the_validation_split_not_the_test_set(tmp_path, capsys, monkeypatch):
+    """Validation and test disagree on purpose about the best learning rate: the finals take validation's."""
+    from ablate.engines.study import worker
+    file = experiment(tmp_path, '[study]\nname = "disagree"\nsampler = "grid"\nseeds = [0, 1]\n',
+                      "[search]\nlr = { choices = [1e-2, 3e-3] }\n", lr=False)
+
+    def fake_run(cfg, resume=False, quiet=False, on_eval=None):
+        good_on_val = cfg.lr == 1e-2
+        return {"val_acc": 0.9 if good_on_val else 0.8, "test_acc": 0.7 if good_on_val else 0.95,
+                "spatial": cfg.spatial, "seed": cfg.seed, "lr": cfg.lr}
+    monkeypatch.setattr(worker.runs, "run", fake_run)
+    rc, doc, err = study(capsys, str(file), "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(tmp_path / "r"))
+    assert rc == 0, err
+    assert doc["arms"][0]["best_params"] == {"lr": 1e-2}
+    finals = [t for t in trials("disagree", f"sqlite:///{tmp_path}/s.db") if t.user_attrs["phase"] == "final"]
+    assert len(finals) == 2 and all(t.user_attrs["record"]["lr"] == 1e-2 for t in finals)
+
+
+@pytest.mark.parametrize("metric", ["test_acc", "test_loss"])
+def test_a_test_set_objective_is_refused(tmp_path, capsys, metric):
+    file = experiment(tmp_path, f'[study]\nname = "peek"\nmetric = "{metric}"\n')
+    rc, _, err = study(capsys, str(file), "--storage", f"sqlite:///{tmp_path}/s.db")
+    assert rc == 2 and "would choose on the test set" in err and metric.replace("test", "val") in err

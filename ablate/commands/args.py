@@ -6,7 +6,7 @@ import json
 import blocks
 
 from ..engines import data
-from ..foundations.config import MATCH_METRICS, SHUFFLES, RunConfig
+from ..foundations.config import MATCH_METRICS, RECIPES, SHUFFLES, RunConfig
 from ..foundations.runtime import DEVICES
 
 
@@ -25,14 +25,23 @@ def key_value(text: str) -> tuple[str, object]:
         return key, value
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}" if least == 1 else
+                                         f"must be >= {least}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return whole_number(text, 0)
 
 
 def add_model_args(p: argparse.ArgumentParser, many: bool) -> None:
@@ -55,18 +64,40 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder to look in first for the dataset files")
     p.add_argument("--img-size", type=positive_int, default=None,
                    help="imagefolder datasets: resize and centre-crop images to this square (default: the first's)")
+    p.add_argument("--val-size", type=non_negative_int, default=None,
+                   help="validation images held out of the training set, stratified, the same for every seed "
+                        "(default: the dataset's, 5,000 for Fashion-MNIST; 0 = none)")
     p.add_argument("--train-size", type=positive_int, default=None,
-                   help="stratified subset of the training set (nested across sizes for one seed)")
-    p.add_argument("--epochs", type=positive_int, default=d.epochs)
-    p.add_argument("--eval-every", type=positive_int, default=d.eval_every,
-                   help="evaluate on the test set every k epochs (always after the last)")
+                   help="stratified subset of the rest of the training set (nested across sizes for one seed)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=positive_int, default=None,
+                        help="budget in passes over the training set (default: the recipe's, "
+                             + ", ".join(f"{k} {v['epochs']}" for k, v in RECIPES.items()) + ")")
+    budget.add_argument("--steps", type=positive_int, default=None,
+                        help="budget in optimizer steps, the same at every --train-size (epochs roll over)")
+    p.add_argument("--eval-every", type=positive_int, default=None,
+                   help="evaluate on validation and test every k epochs, or k steps with --steps (default: every "
+                        "epoch, or 10 times a run; always after the last step)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, warm-up + cosine)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help="linear warm-up over this fraction of the run's steps, then cosine (the same shape at every "
+                        "budget)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
-                   help="random crop + horizontal flip, batched (pays off in longer schedules)")
+    p.add_argument("--recipe", choices=RECIPES, default=d.recipe,
+                   help="a tested bundle of training options (epochs, augmentation, Mixup/CutMix, random erasing, "
+                        "EMA, drop path); the flags below override its parts: "
+                        + "; ".join(f"{name}: {recipe_text(name)}" for name in RECIPES))
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop + horizontal flip, batched (default: the recipe's)")
+    p.add_argument("--mixup", type=float, default=None, metavar="ALPHA", help="Mixup alpha, 0 = off (timm, batched)")
+    p.add_argument("--cutmix", type=float, default=None, metavar="ALPHA", help="CutMix alpha, 0 = off (timm, batched)")
+    p.add_argument("--random-erasing", type=float, default=None, metavar="P",
+                   help="random erasing probability per image (timm's, on the device)")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="evaluate an exponential moving average of the weights with this decay (timm ModelEmaV3), "
+                        "0 = off")
     p.add_argument("--shuffle", choices=SHUFFLES, default=d.shuffle,
                    help="fixed pixel permutation of train and test images (MLP-Mixer Fig. 4)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -76,6 +107,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue the newest unfinished run of this config under --out, or RUN_DIR")
     p.add_argument("--json", action="store_true", help="print the run record as one JSON document on stdout")
+
+
+def recipe_text(name: str) -> str:
+    recipe = RECIPES[name]
+    parts = [f"{k}={v}" for k, v in recipe.items() if k != "model_options"]
+    return " ".join(parts + [f"{k}={v}" for k, v in recipe["model_options"].items()])
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

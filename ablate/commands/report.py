@@ -27,8 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default=None, help="folder for report.md, figures and trials.csv "
                                                      "(default reports/NAME)")
     p.add_argument("--format", default="png,svg", help=f"figure formats, comma-separated: {', '.join(FORMATS)}")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                   help="bootstrap resamples for the power-law confidence intervals")
     p.add_argument("--json", action="store_true", help="print a summary as one JSON document on stdout")
 
 
@@ -43,8 +41,6 @@ def parse_formats(text: str) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
-    if args.bootstrap < 0:
-        raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(args.storage, args.study)
     out = Path(args.out or Path("reports") / args.study)
@@ -52,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create output folder {out}: {e.strerror or e}") from None
-    summary = build(study, args.storage, out, formats, args.bootstrap)
+    summary = build(study, args.storage, out, formats)
     if args.json:
         print(json.dumps(summary))
     else:

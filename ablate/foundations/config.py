@@ -9,6 +9,15 @@ from blocks.checks import check_fields
 from .errors import UsageError
 from .runtime import DEVICES
 
+RECIPES = {  # each an option of RunConfig (or, under model_options, of the backbone) and its value
+    # the 5-minute default job: 5 epochs, no augmentation (it costs accuracy in so short a budget: README)
+    "short": {"epochs": 5, "augment": False, "mixup": 0.0, "cutmix": 0.0, "random_erasing": 0.0, "ema": 0.0,
+              "model_options": {}},
+    # to convergence for studies (README: time to accuracy)
+    "long": {"epochs": 20, "augment": True, "mixup": 0.0, "cutmix": 0.0, "random_erasing": 0.25, "ema": 0.999,
+             "model_options": {"drop_path": 0.1}},
+}
+DEFAULT_EPOCHS = RECIPES["short"]["epochs"]
 SHUFFLES = ("none", "patch", "global")  # MLP-Mixer Fig. 4: no shuffle, patches + pixels within, all pixels
 MATCH_METRICS = ("params", "macs")
 
@@ -24,42 +33,78 @@ class RunConfig:
     dataset: str = "fashion-mnist"       # a name in engines.data.DATASETS, or imagefolder:<path>
     img_size: int | None = None          # imagefolder: images resized and centre-cropped to this square; None = first's
     data_dir: str | None = None          # looked at before $ABLATE_DATA, ~/.cache/ablate and the Debian package
-    train_size: int | None = None        # stratified, nested subset of the training set; None = all
-    epochs: int = 5
-    eval_every: int = 1                  # evaluate on the test set every k epochs (and always after the last)
+    val_size: int | None = None          # validation images held out of the training set: stratified, the same for
+                                         # every seed; None = the dataset's default (5,000 for Fashion-MNIST); 0 = none
+    train_size: int | None = None        # stratified subset of the rest, nested across sizes for a seed; None = all
+    recipe: str = "short"                # short | long: a tested bundle of the options marked (recipe) below
+    epochs: int | None = None            # (recipe) budget in passes over the training set (each drops its last
+                                         # partial batch); None: the recipe's, unless `steps` is set
+    steps: int | None = None             # budget in optimizer steps, the same at every train size (epochs roll over)
+    eval_every: int | None = None        # evaluate every k epochs, or k steps with `steps`; None = every epoch, or
+                                         # 10 times a run with `steps` (always after the last step)
     batch_size: int = 256                # the global batch: under torchrun each of N processes takes batch_size / N
     lr: float = 2e-3                     # peak learning rate after warm-up
     weight_decay: float = 0.05           # AdamW; not on norms, biases, position embeddings, class tokens (timm)
-    warmup_epochs: float = 0.5           # linear warm-up, then cosine to 1% of lr, stepped every batch
-    label_smoothing: float = 0.1
-    augment: bool = False                # random crop (pad 2 at 28 px, 4 at 32 px) + horizontal flip; off by
-                                         # default: it costs accuracy in the 5-minute default budget (README)
+    warmup: float = 0.1                  # linear warm-up over this fraction of the steps, then cosine to 1% of lr
+    label_smoothing: float = 0.1         # also of Mixup/CutMix's mixed targets
+    augment: bool | None = None          # (recipe) random crop (pad 2 at 28 px, 4 at 32 px) + horizontal flip
+    mixup: float | None = None           # (recipe) Mixup's alpha (timm.data.Mixup, batch mode); 0 = off
+    cutmix: float | None = None          # (recipe) CutMix's alpha; 0 = off; with both on, each batch takes one
+    random_erasing: float | None = None  # (recipe) probability per image (timm's RandomErasing, per-pixel noise)
+    ema: float | None = None             # (recipe) decay of the weights' moving average (timm ModelEmaV3, warmed up);
+                                         # evaluation uses the average; 0 = off
     shuffle: str = "none"                # none | patch | global: a fixed pixel permutation of train and test
     seed: int = 0                        # model init, data order, subset and shuffle
     device: str = "auto"                 # auto | cpu | cuda
     compile: bool = False                # torch.compile the model (pays off on GPU)
     out: str = "runs"                    # run folders go here
 
+    @property
+    def budget(self) -> tuple[str, int]:
+        """("epochs", E) or ("steps", N): the unit of the budget and its size (of a resolved config)."""
+        return ("steps", self.steps) if self.steps is not None else ("epochs", self.epochs)
+
     def key(self) -> str:
-        """Identifies the experiment: everything but where and on what it runs."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "out", "data_dir", "compile")}
+        """Identifies the experiment as it runs (recipe resolved): everything but where and on what it runs."""
+        fields = {k: v for k, v in dataclasses.asdict(resolve(self)).items()
+                  if k not in ("device", "out", "data_dir", "compile")}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
-CHOICES = {"shuffle": SHUFFLES, "device": DEVICES, "match": MATCH_METRICS}
+CHOICES = {"shuffle": SHUFFLES, "device": DEVICES, "match": MATCH_METRICS, "recipe": tuple(RECIPES)}
 RANGES = {
     "lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "warmup_epochs": (lambda v: v >= 0, ">= 0"), "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "epochs": (lambda v: v > 0, "> 0"), "batch_size": (lambda v: v > 0, "> 0"), "eval_every": (lambda v: v > 0, "> 0"),
-    "train_size": (lambda v: v > 0, "> 0"), "img_size": (lambda v: v > 0, "> 0"),
+    "warmup": (lambda v: 0 <= v < 1, "in [0, 1): a fraction of the run"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"), "epochs": (lambda v: v > 0, "> 0"),
+    "steps": (lambda v: v > 0, "> 0"), "batch_size": (lambda v: v > 0, "> 0"), "eval_every": (lambda v: v > 0, "> 0"),
+    "train_size": (lambda v: v > 0, "> 0"), "val_size": (lambda v: v >= 0, ">= 0"), "img_size": (lambda v: v > 0, "> 0"),
+    "mixup": (lambda v: v >= 0, ">= 0"), "cutmix": (lambda v: v >= 0, ">= 0"),
+    "random_erasing": (lambda v: 0 <= v <= 1, "in [0, 1]"), "ema": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
 MODEL_RESERVED = ("spatial", "channel")  # run options of their own, not model_options
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """The config with every (recipe) option that was left unset taken from its recipe: what the run trains with,
+    and what its record and its key hold. Options set explicitly win; so do model_options over the recipe's."""
+    recipe = RECIPES.get(cfg.recipe)
+    if recipe is None:
+        raise UsageError(f"unknown recipe {cfg.recipe!r}; valid: {', '.join(RECIPES)}")
+    values = {k: v for k, v in recipe.items() if k != "model_options" and getattr(cfg, k) is None}
+    if cfg.steps is not None:
+        values.pop("epochs", None)
+    return dataclasses.replace(cfg, **values, model_options={**recipe["model_options"], **cfg.model_options})
 
 
 def check(cfg: RunConfig) -> None:
     """Every field's type, choices and range (UsageError naming the field); names that registries know (mixers,
     presets, datasets) are checked where those registries are (engines.training.plan)."""
     check_fields(cfg, RANGES, CHOICES, error=UsageError)
+    if cfg.epochs is not None and cfg.steps is not None:
+        raise UsageError(f"epochs = {cfg.epochs} and steps = {cfg.steps}: give the budget in one unit, not both")
+    if (cfg.mixup or cfg.cutmix) and cfg.batch_size % 2:
+        raise UsageError(f"Mixup/CutMix pair each image with another of its batch: batch_size {cfg.batch_size} must "
+                         f"be even")
     reserved = [k for k in cfg.model_options if k in MODEL_RESERVED]
     if reserved:
         raise UsageError(f"model_options may not set {', '.join(reserved)}: set them as run options or [arms] axes")

@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 from ...foundations import distributed
 from ...foundations.errors import DataError
 from ...foundations.runtime import usable_cores
-from .subsets import epoch_order
+from .subsets import TrainOrder, eval_order
 from .transforms import Transform, augment_generator
 
 MEAN_STD_SAMPLE = 500  # training images (fixed draw) the normalisation statistics come from
@@ -96,11 +96,11 @@ class FolderDataset:
         return train_batch_size
 
     def batches(self, split: str, indices: torch.Tensor, batch_size: int, transform: Transform,
-                device: torch.device, train: bool = False, seed: int = 0, rank: int = 0,
-                world: int = 1) -> "FolderBatches":
+                device: torch.device, train: bool = False, seed: int = 0, rank: int = 0, world: int = 1,
+                rollover: bool = False) -> "FolderBatches":
         """Minibatches of `split` ("train" or "test") at `indices`, read from disk batch by batch."""
         return FolderBatches(self.train if split == "train" else self.test, indices, batch_size, transform, device,
-                             train, seed, rank, world)
+                             train, seed, rank, world, rollover)
 
 
 def load_folder(root: Path, img_size: int | None = None) -> FolderDataset:
@@ -139,42 +139,50 @@ def read_batches(loader: DataLoader):
         raise DataError(str(e).strip().splitlines()[-1].removeprefix(f"{DataError.__module__}.DataError: ")) from None
 
 
-class EpochSampler(Sampler[int]):
-    """One rank's share of one epoch of `indices`, in memory.Batches's order; set `.epoch` before iterating
-    (like DistributedSampler.set_epoch: the loader's workers may persist across epochs)."""
+class StepSampler(Sampler[list[int]]):
+    """A batch sampler over training steps start..stop - 1, each batch in subsets.TrainOrder's order; set `.steps`
+    before iterating (the loader's workers may persist)."""
 
-    def __init__(self, indices: torch.Tensor, train: bool, seed: int, rank: int, world: int):
-        self.indices, self.train, self.seed, self.rank, self.world = indices, train, seed, rank, world
-        self.epoch = 0
+    def __init__(self, indices: torch.Tensor, order: TrainOrder):
+        self.indices, self.order, self.steps = indices, order, range(0)
 
     def __iter__(self):
-        order = epoch_order(len(self.indices), self.epoch, self.seed, self.train, self.rank, self.world)
-        return iter(self.indices[order].tolist())
+        return (self.indices[self.order.indices(step)].tolist() for step in self.steps)
 
     def __len__(self) -> int:
-        return distributed.shard_size(len(self.indices), self.rank, self.world, even=self.train)
+        return len(self.steps)
 
 
 class FolderBatches:
-    """Minibatches of `split[indices]` streamed through a DataLoader, with memory.Batches's interface: `len()` and
-    `epoch(e)` yielding (x, y) on `device`; the order of epoch e comes from (seed, e) and is sharded over ranks."""
+    """Minibatches of `split[indices]` streamed through a DataLoader, with memory.Batches's interface: `len()`,
+    `stream(start, stop)` of training steps and `epoch(e)`, yielding (x, y) on `device`."""
 
     def __init__(self, split: FolderSplit, indices: torch.Tensor, batch_size: int, transform: Transform,
                  device: torch.device = torch.device("cpu"), train: bool = False, seed: int = 0, rank: int = 0,
-                 world: int = 1, workers: int | None = None):
+                 world: int = 1, rollover: bool = False, workers: int | None = None):
         self.split, self.indices, self.device, self.transform, self.train = split, indices, device, transform, train
         self.generator = augment_generator(seed, rank)
-        self.sampler = EpochSampler(indices, train, seed, rank, world)
         workers = default_workers() if workers is None else workers
-        self.loader = DataLoader(split, batch_size=batch_size, sampler=self.sampler, drop_last=train,
-                                 num_workers=workers, persistent_workers=workers > 0,
-                                 pin_memory=device.type == "cuda")
+        if train:
+            self.order = TrainOrder(len(indices), batch_size, seed, rank, world, rollover)
+            self.sampler = StepSampler(indices, self.order)
+            options = dict(batch_sampler=self.sampler)
+        else:
+            options = dict(batch_size=batch_size, sampler=indices[eval_order(len(indices), rank, world)].tolist())
+        self.loader = DataLoader(split, num_workers=workers, persistent_workers=workers > 0,
+                                 pin_memory=device.type == "cuda", **options)
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.order) if self.train else len(self.loader)
+
+    def stream(self, start: int, stop: int):
+        self.sampler.steps = range(start, stop)
+        return self.batches()
 
     def epoch(self, epoch: int):
-        self.sampler.epoch = epoch
+        return self.stream(epoch * len(self), (epoch + 1) * len(self)) if self.train else self.batches()
+
+    def batches(self):
         for x, y in read_batches(self.loader):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             yield self.transform(x, self.generator if self.train else None), y

@@ -3,8 +3,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...foundations import distributed
-from .subsets import epoch_order
+from .subsets import TrainOrder, eval_order
 from .transforms import Transform, augment_generator
 
 
@@ -31,30 +30,46 @@ class Dataset:
         return 1000
 
     def batches(self, split: str, indices: torch.Tensor, batch_size: int, transform: Transform,
-                device: torch.device, train: bool = False, seed: int = 0, rank: int = 0, world: int = 1) -> "Batches":
+                device: torch.device, train: bool = False, seed: int = 0, rank: int = 0, world: int = 1,
+                rollover: bool = False) -> "Batches":
         """Minibatches of `split` ("train" or "test") at `indices`, moved to `device` once, as a whole."""
         x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
-        return Batches(x[indices].to(device), y[indices].to(device), batch_size, transform, train, seed, rank, world)
+        return Batches(x[indices].to(device), y[indices].to(device), batch_size, transform, train, seed, rank, world,
+                       rollover)
 
 
 class Batches:
     """Minibatches from in-memory tensors: normalize, augment, shuffle pixels, all batched.
 
-    The order of epoch e is a permutation drawn from (seed, e), so a resumed run sees the same order.
+    Training batches come by step in subsets.TrainOrder's order (`batch(step)`, `stream(start, stop)`);
+    evaluation batches (`train=False`) cover every image once, in order (`epoch(0)`).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, transform: Transform, train: bool = False,
-                 seed: int = 0, rank: int = 0, world: int = 1):
-        self.x, self.y, self.batch_size, self.transform = x, y, batch_size, transform
-        self.train, self.seed, self.rank, self.world = train, seed, rank, world
+                 seed: int = 0, rank: int = 0, world: int = 1, rollover: bool = False):
+        self.x, self.y, self.batch_size, self.transform, self.train = x, y, batch_size, transform, train
+        self.rank, self.world = rank, world
+        self.order = TrainOrder(len(x), batch_size, seed, rank, world, rollover) if train else None
         self.generator = augment_generator(seed, rank)
 
     def __len__(self) -> int:
-        n = distributed.shard_size(len(self.x), self.rank, self.world, even=self.train)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        """Batches per epoch: full global batches when training, every image once when evaluating."""
+        return len(self.order) if self.train else -(-len(eval_order(len(self.x), self.rank, self.world))
+                                                    // self.batch_size)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.order.indices(step).to(self.x.device)
+        return self.transform(self.x[idx], self.generator), self.y[idx]
+
+    def stream(self, start: int, stop: int):
+        """Training batches of steps start, ..., stop - 1 (augmented in step order, so a resumed run draws the same)."""
+        return (self.batch(step) for step in range(start, stop))
 
     def epoch(self, epoch: int):
-        order = epoch_order(len(self.x), epoch, self.seed, self.train, self.rank, self.world)
+        if self.train:
+            yield from self.stream(epoch * len(self), (epoch + 1) * len(self))
+            return
+        order = eval_order(len(self.x), self.rank, self.world).to(self.x.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.transform(self.x[idx], self.generator if self.train else None), self.y[idx]
+            yield self.transform(self.x[idx]), self.y[idx]

@@ -26,9 +26,61 @@ def nested_subset(labels: torch.Tensor, size: int | None, seed: int) -> torch.Te
     return order[:size].sort().values
 
 
-def epoch_order(n: int, epoch: int, seed: int, train: bool, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """This rank's positions for one epoch: a permutation drawn from (seed, epoch) when training, so a resumed
-    run sees the same order, sharded over the ranks of a distributed job (distributed.shard)."""
-    order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)) if train
-             else torch.arange(n))
-    return distributed.shard(order, rank, world, even=train)
+def eval_order(n: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's share of an evaluation: every image once over all ranks (distributed.shard)."""
+    return distributed.shard(torch.arange(n), rank, world, even=False)
+
+
+VAL_SEED = 0  # the validation split is a property of the dataset, like its test split: the same for every seed
+
+
+def split(labels: torch.Tensor, val_size: int, train_size: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices into the training set. The validation split is a stratified hold-out of
+    `val_size` images, the same for every seed; the training subset is a nested stratified subset of the rest,
+    so subsets of one seed nest inside each other whatever the validation split."""
+    n = len(labels)
+    if not 0 <= val_size < n:
+        raise DataError(f"--val-size {val_size} must leave training images: the training set has {n}")
+    if not val_size:
+        return nested_subset(labels, train_size, seed), torch.arange(0)
+    val = nested_subset(labels, val_size, VAL_SEED)
+    rest = torch.ones(n, dtype=torch.bool).index_fill_(0, val, False).nonzero().squeeze(1)
+    if train_size is not None and train_size > len(rest):
+        raise DataError(f"--train-size {train_size} is more than the {len(rest)} training images left beside the "
+                        f"{val_size}-image validation split; lower --train-size or --val-size")
+    return rest[nested_subset(labels[rest], train_size, seed)], val
+
+
+class TrainOrder:
+    """Which examples each training step takes, by random access: step -> this rank's indices into the subset.
+
+    Epoch e is a permutation drawn from (seed, e), so a resumed run sees the same order. Without `rollover`,
+    every epoch drops its last partial batch (len(self) full batches per epoch); with it, the permutations are
+    concatenated and every step takes the next global batch, crossing epochs without losing any image (a budget
+    in steps). Rank r of a distributed job takes every world-th image of the global batch from position r, so the
+    ranks together take exactly the global batch of a single process.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, rollover: bool = False):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.rollover, self.cached = rollover, (None, None)
+
+    def __len__(self) -> int:
+        """Full global batches in one epoch."""
+        return self.n // (self.batch_size * self.world)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if self.cached[0] != epoch:
+            self.cached = epoch, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+        return self.cached[1]
+
+    def indices(self, step: int) -> torch.Tensor:
+        width = self.batch_size * self.world
+        if self.rollover:
+            start = step * width
+        else:
+            epoch, i = divmod(step, len(self))
+            start = epoch * self.n + i * width
+        positions = start + self.rank + self.world * torch.arange(self.batch_size)
+        epochs, offsets = positions // self.n, positions % self.n
+        return torch.cat([self.permutation(int(e))[offsets[epochs == e]] for e in epochs.unique()])

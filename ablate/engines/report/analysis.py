@@ -9,7 +9,8 @@ import pandas as pd
 from ...foundations.storage import first_line, masked
 from .frame import (arm_keys, data_axis, final_trials, hashable, in_final, label, objective_names, reference,
                     trials_frame, unique, value_names)
-from .stats import scaling_fits
+from .compare import anova, pairwise
+from .scaling import scaling_fits
 from .tables import arm_table, budget, shuffle_table
 
 
@@ -37,7 +38,7 @@ class Analysis:
         return self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
 
 
-def analyse(study: optuna.Study, storage: str, n_boot: int) -> Analysis:
+def analyse(study: optuna.Study, storage: str) -> Analysis:
     frame = trials_frame(study)
     keys = arm_keys(frame, study)
     frame["arm_label"] = label(frame, keys)
@@ -52,11 +53,14 @@ def analyse(study: optuna.Study, storage: str, n_boot: int) -> Analysis:
         "phases": frame.phase.dropna().value_counts().sort_index().to_dict(),
         "n_final": len(final), "axes": keys, "seeds": unique(final, "seed"), "budget": budget(frame, final),
         "arms": arm_table(final, keys, failed), "power_law": [], "shuffle": [], "tuning": [], "importance_note": None,
+        "chosen_on": chosen_on(study),
     }
     a = Analysis(study, frame, final, keys, data_axis(final, keys), summary)
+    summary["pairwise"] = pairwise(final, keys, a.model_keys)
+    summary["anova"] = anova(final, a.model_keys + a.data_keys[:1])
     if "train_size" in final and final.train_size.nunique() >= 3:
         a.scaling_series = label(final, a.model_keys, whole_arm=False)
-        summary["power_law"] = scaling_fits(final, a.scaling_series, n_boot)
+        summary["power_law"] = scaling_fits(final, a.scaling_series)
     if "shuffle" in final and final.shuffle.nunique() > 1:
         largest = final if "train_size" not in final else final[final.train_size == final.train_size.max()]
         a.shuffle_frame = largest
@@ -64,6 +68,16 @@ def analyse(study: optuna.Study, storage: str, n_boot: int) -> Analysis:
         summary["shuffle"] = shuffle_table(largest, a.shuffle_series)
     tuning(a)
     return a
+
+
+def chosen_on(study: optuna.Study) -> str:
+    """What the study's objective chose with (tuning values, pruning, the best arm), said plainly."""
+    names, directions = objective_names(study), [d.name.lower() for d in study.directions]
+    what = ", ".join(f"{n} ({d})" for n, d in zip(names, directions))
+    if any(n.startswith("test_") for n in names):
+        return (f"{what}: this study chose on the TEST set (it was made before ablate held out a validation "
+                f"split); read its comparisons as a baseline, not as a tuned result")
+    return f"{what}, on the validation split; the test set chose nothing"
 
 
 def reference_arms(a: Analysis) -> pd.DataFrame:

@@ -9,9 +9,9 @@ from . import figures
 from .markdown import clean, write_csv, write_markdown
 
 
-def build(study: optuna.Study, storage: str, out: Path, formats: list[str], n_boot: int) -> dict:
+def build(study: optuna.Study, storage: str, out: Path, formats: list[str]) -> dict:
     """Writes the figures, report.md, trials.csv and summary.json into `out`; returns the summary."""
-    a = analyse(study, storage, n_boot)
+    a = analyse(study, storage)
     figs = figures.Figures(out, formats)
     for spec in figures.FIGURES:
         if spec.applies(a):

@@ -13,7 +13,8 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator
 from ...foundations.io import atomic_write
 from .analysis import Analysis, reference_arms
 from .frame import label, natural, sort_key, value_names
-from .stats import dominated, power_law
+from .scaling import power_law
+from .stats import dominated
 
 METADATA = {"png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}  # no timestamps: reruns diff clean
 
@@ -51,7 +52,7 @@ def plot_scaling(figs: Figures, final: pd.DataFrame, series: pd.Series, fits: li
     colors = palette(series)
     data = final.assign(series=series)
     sns.lineplot(data=data, x="train_size", y="test_acc", hue="series", palette=colors, errorbar="sd",
-                 err_style="bars", marker="o", linestyle="", ax=ax, err_kws={"capsize": 3})
+                 err_style="bars", marker="o", linestyle=":", lw=0.8, ax=ax, err_kws={"capsize": 3})
     grid = np.geomspace(final.train_size.min(), final.train_size.max(), 200)
     for row in fits:
         if row["fit"]:
@@ -59,7 +60,7 @@ def plot_scaling(figs: Figures, final: pd.DataFrame, series: pd.Series, fits: li
             ax.plot(grid, 1 - power_law(grid, a, b, c), color=colors[row["series"]], lw=1.2, alpha=0.8)
     sizes = sorted(final.train_size.unique())
     ax.set(xscale="log", xlabel="training images (log scale)", ylabel="test accuracy",
-           title="Mean ± sd over seeds; lines: err = a·N^−b + c")
+           title="Mean ± sd over seeds; solid: err = a·N^−b + c where not rejected")
     ax.set_xticks(sizes, [f"{n / 1000:g}k" if n >= 1000 else str(n) for n in sizes])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.legend(title=None, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")

@@ -54,7 +54,7 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
     parts = [
         f"# Study `{s['study']}`",
         f"- storage: `{s['storage']}`\n- trials: {s['n_trials']} ({states}; phases: {phases or 'none'})\n"
-        f"- objective: {', '.join(f'{n} ({d})' for n, d in zip(s['objectives'], s['directions']))}\n"
+        f"- objective (what chose tuned values, pruned trials and the best arm): {s['chosen_on']}\n"
         f"- analysed: {s['n_final']} complete final trials in {len(s['arms'])} arm(s) over seeds "
         f"{', '.join(map(str, s['seeds'])) or '—'}; axes: {', '.join(s['axes']) or 'none'}",
         "## Budget\n" + markdown_table(["", ""], [[k.replace("config.", ""), listing(v)]
@@ -75,21 +75,12 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
                           + [a["failed"]] * failed for a in s["arms"]]))
     else:
         parts.append("## Arms\nNo complete final trials yet.")
+    if s["pairwise"]:
+        parts.append(pairwise_section(s["pairwise"]))
+    if s["anova"]:
+        parts.append(anova_section(s["anova"]))
     if s["power_law"]:
-        rows = []
-        for r in s["power_law"]:
-            if r["fit"] is None:
-                rows.append([r["series"], r["trials"], r["sizes"], "fit did not converge", "", "", ""])
-                continue
-            specs = {"a": (".4g", ".3g"), "b": (".3f", ".3f"), "c": (".4f", ".4f")}  # a spans decades; b, c do not
-            cells = [f"{fmt(r['fit'][k]['value'], v)} [{fmt(r['fit'][k]['ci95'][0], ci)}, "
-                     f"{fmt(r['fit'][k]['ci95'][1], ci)}]" for k, (v, ci) in specs.items()]
-            rows.append([r["series"], r["trials"], r["sizes"], *cells, fmt(r["asymptotic_acc"])])
-        parts.append("## Data scaling\nFitted `err(N) = a·N^(-b) + c` (err = 1 − test accuracy, N = training "
-                     "images; scipy curve_fit, a, b ≥ 0, 0 ≤ c ≤ 1). Brackets: percentile 95% bootstrap interval "
-                     f"over {s['power_law'][0].get('bootstrap', {}).get('resamples', 0)} resamples of the trials "
-                     "within each train size.\n\n" +
-                     markdown_table(["series", "trials", "sizes", "a", "b", "c", "1 − c"], rows))
+        parts.append(scaling_section(s["power_law"]))
     if s["shuffle"]:
         parts.append("## Shuffle robustness\nRelative change of mean test accuracy against `none` "
                      "(MLP-Mixer Fig. 4 reports this number).\n\n" + markdown_table(
@@ -98,7 +89,7 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
                            "—" if r["relative_change"] is None else percent_change(r["relative_change"])]
                           for r in s["shuffle"]]))
     if s["tuning"]:
-        parts.append("## Tuning\n" + markdown_table(
+        parts.append(f"## Tuning\nEach arm's values were chosen on {s['chosen_on']}.\n\n" + markdown_table(
             ["arm", "tuning trials", f"best {s['objectives'][0]}", "best params"],
             [[r["arm"], r["trials"], fmt(r["best_value"]), ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
                                                                      else f"{k}={v}" for k, v in r["params"].items())]
@@ -138,3 +129,62 @@ def clean(doc):
     if isinstance(doc, float) and not math.isfinite(doc):
         return None
     return doc
+
+
+def pvalue(p) -> str:
+    return "—" if p is None else "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def pairwise_section(rows: list[dict]) -> str:
+    """Each pair of arms that differ in one axis, on test accuracy, Holm-corrected over the table."""
+    tested = [r for r in rows if r["p"] is not None]
+    table = markdown_table(
+        ["axis", "a", "b", "test", "a − b", "95% CI", "p", "p (Holm)", "detectable at 80% power"],
+        [[r["axis"], r["a"], r["b"], r["test"], f"{r['diff']:+.4f}",
+          "—" if r["ci95"] is None else f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]", pvalue(r["p"]),
+          pvalue(r["p_holm"]), "—" if r["mdd"] is None else f"±{r['mdd']:.4f}"] for r in rows])
+    significant = sum(r["p_holm"] < 0.05 for r in tested)
+    return ("## Pairwise comparisons\nTest accuracy of every two arms that differ in one axis, the others held "
+            "fixed: a paired t-test where both arms ran the same seeds (a seed fixes the training subset, the data order "
+            "and the augmentation draws of both), else Welch's. p-values are Holm-corrected over the "
+            f"{len(tested)} tests of this table (statsmodels `multipletests`); {significant} stay below 0.05. The "
+            "last column is the smallest difference these seeds would detect at α = 0.05 with 80% power "
+            "(statsmodels power analysis, with the observed spread): a difference below it that is not "
+            "significant is not evidence of no difference.\n\n" + table)
+
+
+def anova_section(doc: dict) -> str:
+    head = (f"## Does one axis's effect depend on another?\nTwo-way ANOVA of test accuracy on "
+            f"{', '.join(doc['factors'])} (statsmodels `ols` + `anova_lm`, type II, main effects and two-way "
+            "interactions). A small p on an interaction means the effect of one factor differs between levels of the "
+            "other: for spatial x a structure axis, the mixer's effect depends on the structure around it.\n\n")
+    if not doc["terms"]:
+        return head + doc["note"] + "."
+    return head + markdown_table(["term", "df", "F", "p"], [[t["term"], f"{t['df']:.0f}", f"{t['F']:.2f}",
+                                                             pvalue(t["p"])] for t in doc["terms"]]) + \
+        f"\n\nResidual df {doc['residual_df']:.0f}."
+
+
+def scaling_section(rows: list[dict]) -> str:
+    table = []
+    for r in rows:
+        if r["fit"] is None:
+            table.append([r["series"], r["trials"], r["sizes"], r["status"], "", "", "", ""])
+            continue
+        cells = []
+        for name, spec in (("a", ".4g"), ("b", ".3f"), ("c", ".4f")):
+            p = r["fit"][name]
+            interval = f"[{format(p['ci95'][0], spec)}, {format(p['ci95'][1], spec)}]"
+            cells.append(f"{format(p['value'], spec)} {interval}" if p["identified"] else
+                         f"not identified: {interval} reaches its bound {name} = {p['bound']:g}")
+        lof = r["lack_of_fit"]
+        test = "untestable" if lof is None else f"F({lof['df'][0]}, {lof['df'][1]}) = {lof['F']:.2f}, p = {lof['p']:.2g}"
+        table.append([r["series"], r["trials"], r["sizes"], test, *cells,
+                      "not identified" if r["asymptotic_acc"] is None else f"{r['asymptotic_acc']:.4f}"])
+    return ("## Data scaling\n`err(N) = a·N^(-b) + c` (err = 1 − test accuracy, N = training images; least squares "
+            "with a ≥ 0, 0 ≤ b ≤ 5, 0 ≤ c ≤ 1), fitted only from ≥ 5 train sizes. Lack of fit: F-test of the fit's "
+            "residuals against the seed-to-seed noise at each size; a fit it rejects (p < 0.05) is reported as "
+            "rejected and not drawn. Brackets: 95% profile-likelihood intervals (the parameter's values whose best "
+            "fit of the others stays within the F(1, df) threshold of the noise). A parameter whose interval "
+            "reaches the bound of its range is not identified by these data, and then neither is 1 − c.\n\n" +
+            markdown_table(["series", "trials", "sizes", "lack of fit", "a", "b", "c", "1 − c"], table))

@@ -23,9 +23,10 @@ from .. import data
 from ..training.plan import check
 
 # Run-record keys a study can optimize, with the direction that means "better".
-METRICS = {"test_acc": "maximize", "test_loss": "minimize", "params": "minimize", "macs": "minimize",
+METRICS = {"val_acc": "maximize", "val_loss": "minimize", "params": "minimize", "macs": "minimize",
            "train_time_s": "minimize", "train_img_s": "maximize", "infer_img_s": "maximize"}
-EPOCH_METRICS = ("test_acc", "test_loss")  # in every history entry, so pruners can see them
+EPOCH_METRICS = ("val_acc", "val_loss")  # in every history entry, so pruners can see them
+TEST_METRICS = ("test_acc", "test_loss")  # recorded and reported, never an objective: objectives choose
 SAMPLERS = {"grid": None, "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 PRUNERS = {"none": None, "median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}
 STUDY_KEYS = ("name", "metric", "direction", "directions", "sampler", "sampler_options", "pruner", "pruner_options",
@@ -144,14 +145,18 @@ def parse(doc: dict, path: Path) -> Experiment:
                      trials_per_arm, seeds, run, axes, search)
     check_tuning(exp)
     for arm in exp.arms:
-        check_arm({**run, **arm.axes})
+        check_arm({**run, **arm.axes}, exp.metrics)
     return exp
 
 
 def objectives(study: dict) -> tuple[list[str], list[str]]:
     """[study].metric (one or several run-record keys) and their directions (each metric's natural one by default)."""
-    metrics = as_list("[study].metric", study.get("metric", "test_acc"), str)
+    metrics = as_list("[study].metric", study.get("metric", "val_acc"), str)
     for m in metrics:
+        if m in TEST_METRICS:
+            raise UsageError(f"[study].metric = {m!r} would choose on the test set (samplers, pruners and the best "
+                             f"arm follow the objective); use {m.replace('test', 'val')}, measured on the validation "
+                             f"split. Every run still records {m}, and the report shows it")
         choice("[study].metric", m, METRICS)
     if len(set(metrics)) != len(metrics):
         raise UsageError(f"[study].metric lists a metric twice: {metrics}")
@@ -336,6 +341,12 @@ def distribution(key: str, name: str, spec) -> BaseDistribution:
         raise UsageError(f"{key}: {e}") from None
 
 
-def check_arm(values: dict) -> None:
-    """One arm's run config, checked as `run` checks it (training.plan.check) before any cell runs."""
-    check(RunConfig(**values))
+def check_arm(values: dict, metrics: list[str]) -> None:
+    """One arm's run config, checked as `run` checks it (training.plan.check) before any cell runs; a validation
+    metric needs a validation split."""
+    cfg = RunConfig(**values)
+    check(cfg)
+    validation = [m for m in metrics if m in EPOCH_METRICS]
+    if validation and not data.val_size(cfg.dataset, cfg.val_size):
+        raise UsageError(f"[study].metric {validation[0]} needs a validation split, and {cfg.dataset} runs have none "
+                         f"by default: set [run].val_size")

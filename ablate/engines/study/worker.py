@@ -172,21 +172,21 @@ def finish(exp: Experiment, board: Board, cell: Cell, trial_id: int, out: Path) 
     cfg = RunConfig(**exp.run, **cell.arm.axes, **cell.params, seed=cell.seed, out=str(out / exp.name / cell.folder))
     last: dict = {}
 
-    def on_epoch(epoch: int, record: dict) -> None:
+    def on_eval(point: int, record: dict) -> None:
         last["record"] = record
         if len(exp.metrics) > 1 or exp.metrics[0] not in EPOCH_METRICS:
             return
         value = record["history"][-1][exp.metrics[0]]
-        storage.set_trial_intermediate_value(trial_id, epoch, value)
+        storage.set_trial_intermediate_value(trial_id, point, value)
         last["value"] = value
         if cell.phase == "tune" and exp.pruner != "none" and should_prune(exp, board, cell, trial_id):
-            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+            raise optuna.TrialPruned(f"pruned at {point}")
 
     try:
         record = finished_run(Path(cfg.out), cfg.key())
         if record is None:
             resumable = unfinished_run(Path(cfg.out), cfg.key())
-            record = runs.run(cfg, resume=str(resumable) if resumable else False, quiet=True, on_epoch=on_epoch)
+            record = runs.run(cfg, resume=str(resumable) if resumable else False, quiet=True, on_eval=on_eval)
     except optuna.TrialPruned:
         storage.set_trial_user_attr(trial_id, "record", last.get("record"))
         storage.set_trial_state_values(trial_id, TrialState.PRUNED, [last["value"]])

@@ -26,6 +26,7 @@ def check(cfg: RunConfig) -> ModelPlan | None:
     (exit 2). Returns the model plan, or None for a dataset whose image shape is only known from its files (image
     folders): plan_model checks the model once they are listed."""
     config.check(cfg)
+    cfg = config.resolve(cfg)
     entry, _ = data.lookup(cfg.dataset)
     if cfg.img_size is not None and not entry.takes_path:
         raise DataError(f"--img-size applies to imagefolder:<path> datasets; {cfg.dataset} images keep their size")

@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 
 from ...foundations import distributed
-from ...foundations.config import RunConfig
+from ...foundations.config import RunConfig, resolve
 from ...foundations.errors import UsageError
 from ...foundations.io import write_json
 from .plan import check
 from .trainer import Trainer
 
 
-def run(cfg: RunConfig, resume: str | bool = False, quiet: bool = False, on_epoch=None) -> dict:
+def run(cfg: RunConfig, resume: str | bool = False, quiet: bool = False, on_eval=None) -> dict:
     """Runs (or resumes) one training job and returns its record.
 
     Everything the command line can get wrong is checked first (plan.check, the output folder, the run to
@@ -24,6 +24,7 @@ def run(cfg: RunConfig, resume: str | bool = False, quiet: bool = False, on_epoc
     process group is left at the end.
     """
     plan = check(cfg)
+    cfg = resolve(cfg)
     out = Path(cfg.out)
     main = distributed.context().main
     run_dir, state = None, None
@@ -47,7 +48,7 @@ def run(cfg: RunConfig, resume: str | bool = False, quiet: bool = False, on_epoc
             write_json(run_dir / "record.json", trainer.record(run_dir, "running"))
         run_dir = Path(distributed.broadcast(str(run_dir) if main else None))
         # rank 0's checkpoint, sent to every rank (other nodes need not see rank 0's disk)
-        return trainer.run(run_dir, distributed.broadcast(state), on_epoch)
+        return trainer.run(run_dir, distributed.broadcast(state), on_eval)
     finally:
         distributed.teardown()
 

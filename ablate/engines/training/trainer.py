@@ -16,21 +16,24 @@ import blocks
 
 from ... import __version__
 from ...foundations import distributed
-from ...foundations.config import RunConfig
+from ...foundations.config import RunConfig, resolve
 from ...foundations.errors import RunFailed, UsageError
 from ...foundations.io import save_torch, write_json
 from ...foundations.runtime import autocast, git_commit, pick_device, timer, usable_cores
 from .. import data
 from ..cost import count_macs, count_params
-from ..data.subsets import nested_subset
+from ..measure import matmul_flops
+from ..data.subsets import split
 from ..data.transforms import Transform, pixel_permutation
 from .plan import ModelPlan, plan_model
+from .regularize import BatchRegularizer, host_rng_state, make_ema, seed_host_rngs, set_host_rng_state
 from .step import Step, make_optimizer, memory_format
 
 
 class Trainer:
     def __init__(self, cfg: RunConfig, plan: ModelPlan | None, quiet: bool = False, log=None):
         """`plan`: plan.check(cfg)'s model plan, or None where the dataset's shape comes from its files."""
+        cfg = resolve(cfg)
         self.device = distributed.device_for(pick_device(cfg.device), distributed.context())
         self.dist = distributed.setup(self.device)  # under torchrun: joins the job's process group
         self.cfg, self.quiet = cfg, quiet or not self.dist.main  # other ranks stay quiet
@@ -50,38 +53,49 @@ class Trainer:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device, memory_format=memory_format(self.device))
         self.params, self.params_frozen = count_params(self.model)
+        self.matmul_flops = matmul_flops(str(self.device))  # beside every time in the record: times compare only so
         self.macs = count_macs(self.model, self.ds.shape)
         if self.dist.rank:  # dropout and drop-path draws differ per rank; rank 0 keeps a single process's stream
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
+        seed_host_rngs(cfg.seed + 1_000_003 * self.dist.rank)
+        self.regularize = BatchRegularizer(cfg, self.ds.num_classes, self.device)
+        self.ema = make_ema(cfg, self.model)
         if self.matched:
             self.matched["value"] = self.params if cfg.match == "params" else self.macs
-        subset = nested_subset(self.ds.train_y, cfg.train_size, cfg.seed)
+        train_idx, val_idx = split(self.ds.train_y, data.val_size(cfg.dataset, cfg.val_size), cfg.train_size, cfg.seed)
         mean, std = (t.to(self.device) for t in self.ds.mean_std())
         side = self.ds.shape[1]
         perm = pixel_permutation(cfg.shuffle, side, side, self.model.cfg.patch_size, cfg.seed)
         perm = None if perm is None else perm.to(self.device)
         pad = side // 16 * 2 if cfg.augment else 0  # 28 px: 2, 32 px: 4
         shard = dict(device=self.device, seed=cfg.seed, rank=self.dist.rank, world=self.dist.world)
-        self.train_batches = self.ds.batches("train", subset, batch_size, Transform(mean, std, perm, pad, cfg.augment),
-                                             train=True, **shard)
-        self.test_batches = self.ds.batches("test", torch.arange(len(self.ds.test_y)),
-                                            self.ds.eval_batch_size(batch_size), Transform(mean, std, perm), **shard)
-        self.train_size, self.test_size = len(subset), len(self.ds.test_y)
+        unit, size = cfg.budget
+        self.train_batches = self.ds.batches("train", train_idx, batch_size, Transform(mean, std, perm, pad, cfg.augment),
+                                             train=True, rollover=unit == "steps", **shard)
+        evaluation = dict(batch_size=self.ds.eval_batch_size(batch_size), transform=Transform(mean, std, perm), **shard)
+        self.val_batches = self.ds.batches("train", val_idx, **evaluation) if len(val_idx) else None
+        self.test_batches = self.ds.batches("test", torch.arange(len(self.ds.test_y)), **evaluation)
+        self.train_size, self.val_size, self.test_size = len(train_idx), len(val_idx), len(self.ds.test_y)
         if len(self.train_batches) == 0:
-            raise UsageError(f"--train-size {len(subset)} is smaller than one batch ({cfg.batch_size}); "
+            raise UsageError(f"--train-size {len(train_idx)} is smaller than one batch ({cfg.batch_size}); "
                              f"lower --batch-size")
+        self.steps_per_epoch = len(self.train_batches)
+        self.total_steps = size if unit == "steps" else size * self.steps_per_epoch
+        every = cfg.eval_every or (1 if unit == "epochs" else max(1, self.total_steps // 10))
+        period = every * (self.steps_per_epoch if unit == "epochs" else 1)
+        self.eval_points = sorted({*range(period, self.total_steps, period), self.total_steps})
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
-        steps = cfg.epochs * len(self.train_batches)
-        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=steps, lr_min=cfg.lr * 0.01,
-                                           warmup_t=int(cfg.warmup_epochs * len(self.train_batches)),
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=self.total_steps, lr_min=cfg.lr * 0.01,
+                                           warmup_t=round(cfg.warmup * self.total_steps),
                                            warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False)
         self.forward = torch.compile(self.model) if cfg.compile else self.model  # evaluation: each rank its shard
         train_forward = self.forward
         if self.dist.active:  # backward averages the gradients over ranks, so a step is the global batch's step
             ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
             train_forward = torch.compile(ddp) if cfg.compile else ddp
-        self.step = Step(train_forward, self.optimizer, self.device, cfg.label_smoothing)
+        self.step = Step(train_forward, self.optimizer, self.device, self.regularize.label_smoothing)
         self.history: list[dict] = []
+        self.done_steps = 0
         self.train_time = 0.0
         self.train_images = 0
         self.infer_img_s = None
@@ -92,13 +106,16 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------------------------
     def rng_state(self) -> dict:
         return {"torch_rng": torch.get_rng_state(), "augment_rng": self.train_batches.generator.get_state(),
+                **host_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
 
     def state(self) -> dict:
         """The checkpoint. Under torchrun every rank calls it (it gathers each rank's random state); rank 0 saves."""
         rng = self.rng_state()
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "history": self.history, "train_time": self.train_time,
+                "scheduler": self.scheduler.state_dict(), "history": self.history, "steps": self.done_steps,
+                "ema": self.ema and self.ema.state_dict(),
+                "train_time": self.train_time,
                 "train_images": self.train_images, **rng,
                 "rank_rng": distributed.gather(rng) if self.dist.active else None}
 
@@ -106,32 +123,49 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.history, self.train_time, self.train_images = state["history"], state["train_time"], state["train_images"]
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        self.history, self.done_steps = state["history"], state["steps"]
+        self.train_time, self.train_images = state["train_time"], state["train_images"]
         ranks = state.get("rank_rng") or [state]
         if self.dist.rank < len(ranks):  # a rank the checkpoint did not have keeps its fresh seed
             rng = ranks[self.dist.rank]
             torch.set_rng_state(rng["torch_rng"])
             self.train_batches.generator.set_state(rng["augment_rng"])
+            set_host_rng_state(rng)
             if rng.get("cuda_rng") is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda_rng"], self.device)
 
     # -- loops ------------------------------------------------------------------------------------------------
-    def train_epoch(self, epoch: int) -> float:
+    def where(self, step: int) -> str:
+        """A step as the budget counts it: "epoch 2" (the epoch that step ends) or "step 200"."""
+        if self.cfg.steps is not None:
+            return f"step {step}"
+        return f"epoch {-(-step // self.steps_per_epoch)}"
+
+    def train_until(self, stop_step: int) -> float:
+        """Trains from the current step to `stop_step`; returns the mean training loss over those steps."""
         self.model.train()
-        steps = len(self.train_batches)
+        first = self.done_steps
         total, count, last_finite = 0.0, 0, None
-        bar = tqdm(self.train_batches.epoch(epoch), total=steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                   leave=False, disable=self.quiet or not sys.stderr.isatty(), file=sys.stderr)
+        bar = tqdm(self.train_batches.stream(first, stop_step), total=stop_step - first,
+                   desc=f"{self.where(stop_step)}/{self.cfg.budget[1]}", leave=False,
+                   disable=self.quiet or not sys.stderr.isatty(), file=sys.stderr)
         stop = timer(self.device)
-        for step, (x, y) in enumerate(bar):
-            loss = self.step.loss(x, y)
+        for step, (x, y) in enumerate(bar, start=first):
+            loss = self.step.loss(*self.regularize(x, y))
             value = distributed.mean(loss.detach()).item()  # the global batch's loss: all ranks stop on divergence
             if not math.isfinite(value):
-                raise RunFailed(f"diverged: loss is {value} at epoch {epoch + 1}, step {step + 1}/{steps} "
+                within = step % self.steps_per_epoch + 1 if self.cfg.steps is None else step + 1
+                of = self.steps_per_epoch if self.cfg.steps is None else self.total_steps
+                raise RunFailed(f"diverged: loss is {value} at {self.where(step + 1)}, step {within}/{of} "
                                 f"(last finite loss: {last_finite}); lower --lr or check the data")
             last_finite = value
             self.step.update(loss)
-            self.scheduler.step_update(epoch * steps + step + 1)
+            self.done_steps = step + 1
+            if self.ema:
+                self.ema.update(self.model, step=self.done_steps)
+            self.scheduler.step_update(self.done_steps)
             total, count = total + value * len(y), count + len(y)
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
         self.train_time += stop()
@@ -139,81 +173,94 @@ class Trainer:
         return total / count
 
     @torch.inference_mode()
-    def evaluate(self) -> tuple[float, float]:
-        """Accuracy and mean loss on the test set; under torchrun each rank takes its shard and the sums are added."""
-        self.model.eval()
+    def evaluate(self, batches) -> tuple[float, float, float]:
+        """Accuracy, mean loss and images/s on a held-out split; under torchrun each rank takes its shard and the
+        sums are added."""
+        forward = self.ema.module if self.ema else self.forward
+        forward.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # correct, summed loss, images
         stop = timer(self.device)
-        for x, y in self.test_batches.epoch(0):
+        for x, y in batches.epoch(0):
             with autocast(self.device):
-                logits = self.forward(x.contiguous(memory_format=self.step.memory_format))
+                logits = forward(x.contiguous(memory_format=self.step.memory_format))
             sums += torch.stack([(logits.argmax(1) == y).sum().double(),
                                  F.cross_entropy(logits.float(), y, reduction="sum").double(),
                                  torch.tensor(len(y), dtype=torch.float64, device=self.device)])
         correct, loss, n = distributed.total(sums).tolist()
-        self.infer_img_s = n / stop()
-        return correct / n, loss / n
+        return correct / n, loss / n, n / stop()
 
     # -- the run ----------------------------------------------------------------------------------------------
     def record(self, run_dir: Path, status: str, error: str | None = None) -> dict:
         cfg, last = self.cfg, (self.history[-1] if self.history else {})
         return {
             "spatial": cfg.spatial, "channel": cfg.channel, "preset": cfg.preset, "dataset": cfg.dataset,
-            "train_size": self.train_size, "test_size": self.test_size, "seed": cfg.seed,
-            "epochs": cfg.epochs, "shuffle": cfg.shuffle, "params": self.params, "params_frozen": self.params_frozen,
-            "macs": self.macs, "matched": self.matched, "test_acc": last.get("test_acc"),
-            "test_loss": last.get("test_loss"),
+            "train_size": self.train_size, "val_size": self.val_size, "test_size": self.test_size, "seed": cfg.seed,
+            "budget": cfg.budget[0], "epochs": round(self.total_steps / self.epoch_steps, 3) if cfg.steps else
+            cfg.budget[1], "steps": self.total_steps, "images_seen": self.total_steps * cfg.batch_size,
+            "shuffle": cfg.shuffle, "params": self.params, "params_frozen": self.params_frozen,
+            "macs": self.macs, "matched": self.matched, "val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"),
+            "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
             "train_time_s": round(self.train_time, 3),
             "train_img_s": round(self.train_images / self.train_time, 1) if self.train_time else None,
             "infer_img_s": round(self.infer_img_s, 1) if self.infer_img_s else None,
-            "device": str(self.device), "world_size": self.dist.world, "history": self.history,
+            "device": str(self.device), "world_size": self.dist.world, "threads": torch.get_num_threads(),
+            "matmul_flops": round(self.matmul_flops), "history": self.history,
             **({"peak_mem_mb": self.peak_mem_mb} if self.device.type == "cuda" else {}),
             "config": {**dataclasses.asdict(cfg), "model": dataclasses.asdict(self.model.cfg)},
             "config_key": cfg.key(), "status": status, "error": error, "run_id": run_dir.name,
             "run_dir": str(run_dir), "version": __version__, "git_commit": git_commit(),
         }
 
-    def run(self, run_dir: Path, state: dict | None = None, on_epoch=None) -> dict:
-        """Trains from `state` (a checkpoint of run_dir, on the CPU; None: from scratch) to the last epoch, writing
-        checkpoint and record each epoch.
+    @property
+    def epoch_steps(self) -> float:
+        """Steps per pass over the training subset (a fraction with a budget in steps, whose epochs roll over)."""
+        return self.train_size / self.cfg.batch_size if self.cfg.steps else self.steps_per_epoch
 
-        `on_epoch(epoch, record)` is called after each epoch (studies report to optuna pruners there), on rank 0.
-        Under torchrun every rank calls this with rank 0's run_dir and state; only rank 0 writes files there.
+    def run(self, run_dir: Path, state: dict | None = None, on_eval=None) -> dict:
+        """Trains from `state` (a checkpoint of run_dir, on the CPU; None: from scratch) to the last step,
+        evaluating, checkpointing and writing the record at every evaluation point.
+
+        `on_eval(point, record)` is called after each evaluation on rank 0, with point = the epoch (a budget in
+        epochs) or the step (in steps): studies report to optuna's pruners there. Under torchrun every rank calls
+        this with rank 0's run_dir and state; only rank 0 writes files there.
         """
         ckpt = run_dir / "checkpoint.pt"
         if state is not None:
             self.load_state(state)
-            self.log(f"resuming {run_dir} after epoch {len(self.history)}")
+            self.log(f"resuming {run_dir} after {self.where(self.done_steps)}")
         try:
-            for epoch in range(len(self.history), self.cfg.epochs):
+            for point in [p for p in self.eval_points if p > self.done_steps]:
                 t0 = time.perf_counter()
-                train_loss = self.train_epoch(epoch)
-                evaluated = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
-                test_acc, test_loss = self.evaluate() if evaluated else (None, None)
+                previous = self.where(self.done_steps)
+                train_loss = self.train_until(point)
+                val_acc, val_loss, _ = self.evaluate(self.val_batches) if self.val_batches else (None, None, None)
+                test_acc, test_loss, self.infer_img_s = self.evaluate(self.test_batches)
                 if self.device.type == "cuda":  # the allocator's peak on the busiest GPU
                     peak = distributed.maximum(torch.cuda.max_memory_allocated(self.device) / 2**20, self.device)
                     self.peak_mem_mb = round(peak, 1)
-                self.history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 5), "test_acc": test_acc,
-                                     "test_loss": test_loss and round(test_loss, 5),
+                epoch = point // self.steps_per_epoch if self.cfg.steps is None else round(point / self.epoch_steps, 3)
+                self.history.append({"epoch": epoch, "step": point, "train_loss": round(train_loss, 5),
+                                     "val_acc": val_acc, "val_loss": val_loss and round(val_loss, 5),
+                                     "test_acc": test_acc, "test_loss": round(test_loss, 5),
                                      "lr": self.optimizer.param_groups[0]["lr"],
                                      "time_s": round(time.perf_counter() - t0, 2)})
-                doc = self.record(run_dir, "running" if epoch + 1 < self.cfg.epochs else "done")
+                doc = self.record(run_dir, "running" if point < self.total_steps else "done")
                 state, error = self.state(), None
                 if self.dist.main:
                     try:  # atomic: a kill or a full disk mid-write leaves the previous checkpoint and record intact
                         save_torch(ckpt, state)
                         write_json(run_dir / "record.json", doc)
                     except OSError as e:
-                        error = (f"cannot save epoch {epoch + 1} in {run_dir}: {e.strerror or e}; the files of "
-                                 f"epoch {epoch} are intact, free space and rerun with --resume")
+                        error = (f"cannot save {self.where(point)} in {run_dir}: {e.strerror or e}; the files of "
+                                 f"{previous} are intact, free space and rerun with --resume")
                 error = distributed.broadcast(error)  # all ranks stop when rank 0 could not save
                 if error:
                     raise RunFailed(error)
-                self.log(f"epoch {epoch + 1}/{self.cfg.epochs}  train_loss {train_loss:.4f}  "
-                         + (f"test_acc {test_acc:.4f}  " if evaluated else "")
-                         + f"({self.history[-1]['time_s']:.0f} s)")
-                if on_epoch and evaluated and self.dist.main:
-                    on_epoch(epoch + 1, doc)
+                self.log(f"{self.where(point)}/{self.cfg.budget[1]}  train_loss {train_loss:.4f}  "
+                         + (f"val_acc {val_acc:.4f}  " if val_acc is not None else "")
+                         + f"test_acc {test_acc:.4f}  ({self.history[-1]['time_s']:.0f} s)")
+                if on_eval and self.dist.main:
+                    on_eval(point if self.cfg.steps else epoch, doc)
         except RunFailed as e:
             if self.dist.main:
                 try:

@@ -1,0 +1,91 @@
+"""Time to accuracy of the long recipe: for attention, token-MLP and conv on full Fashion-MNIST, the epochs and wall
+time to reach 0.90 and 0.92 test accuracy (mean of 3 seeds), the accuracy after 20 epochs, and training MFU, with
+the machine's measured matmul peak beside every time (absolute times compare only on one machine).
+
+    python benchmarks/time_to_accuracy.py --workers 2 --out benchmarks/results/time_to_accuracy.md
+
+The runs are the study in benchmarks/time_to_accuracy.toml (resumable from its storage); this script runs what is
+missing, then reads the records: every run's history has the test accuracy and the wall time of each epoch, and
+its record the matmul peak its process measured.
+"""
+import argparse
+import statistics
+from pathlib import Path
+
+import optuna
+
+from ablate.commands import main as ablate
+from ablate.foundations.io import atomic_write
+
+HERE = Path(__file__).parent
+THRESHOLDS = (0.90, 0.92, 0.93)
+
+
+def reached(history: list[dict], threshold: float) -> tuple[float, float] | None:
+    """(epochs, wall seconds incl. evaluation) when test accuracy first reaches `threshold`; None if never."""
+    seconds = 0.0
+    for entry in history:
+        seconds += entry["time_s"]
+        if entry["test_acc"] >= threshold:
+            return entry["epoch"], seconds
+    return None
+
+
+def mean_reach(records: list[dict], threshold: float) -> str:
+    hits = [reached(r["history"], threshold) for r in records]
+    done = [h for h in hits if h]
+    if len(done) < len(hits):
+        return f"not reached by {len(hits) - len(done)} of {len(hits)} seeds"
+    epochs, seconds = zip(*done)
+    return f"{statistics.fmean(epochs):.1f} ep, {statistics.fmean(seconds) / 60:.1f} min"
+
+
+def table(records_by_mixer: dict[str, list[dict]]) -> str:
+    lines = ["| spatial | seeds | " + " | ".join(f"to {t:.2f} (epochs, wall)" for t in THRESHOLDS)
+             + " | test acc at 20 epochs (mean ± sd) | train img/s | MFU | matmul peak |",
+             "|---|---:|" + "---|" * len(THRESHOLDS) + "---:|---:|---:|---:|"]
+    for spatial, records in records_by_mixer.items():
+        final = [r["test_acc"] for r in records]
+        rate = statistics.fmean(r["train_img_s"] for r in records)
+        peak = statistics.fmean(r["matmul_flops"] for r in records)
+        mfu = statistics.fmean(6 * r["macs"] * r["train_img_s"] / r["matmul_flops"] for r in records)
+        sd = statistics.stdev(final) if len(final) > 1 else float("nan")
+        lines.append(f"| {spatial} | {len(records)} | " + " | ".join(mean_reach(records, t) for t in THRESHOLDS)
+                     + f" | {statistics.fmean(final):.4f} ± {sd:.4f} | {rate:,.0f} | {mfu:.1%} | "
+                     f"{peak / 1e9:.0f} GFLOP/s |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--storage", default=f"sqlite:///{HERE / 'results' / 'time_to_accuracy.db'}")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--runs", default="runs", help="run folders (checkpoints) go here")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    file = HERE / "time_to_accuracy.toml"
+    code = ablate(["study", str(file), "--storage", args.storage, "--workers", str(args.workers), "--out", args.runs])
+    if code:
+        raise SystemExit(code)
+    study = optuna.load_study(study_name="time-to-accuracy", storage=args.storage)
+    records: dict[str, list[dict]] = {}
+    for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        record = t.user_attrs["record"]
+        records.setdefault(record["spatial"], []).append(record)
+    threads = {r["threads"] for rs in records.values() for r in rs}
+    text = (f"# Time to accuracy of the long recipe on Fashion-MNIST\n\nCommand: `python benchmarks/time_to_accuracy.py "
+            f"--workers {args.workers}{f' --out {args.out}' if args.out else ''}`\n\n"
+            f"Preset `tiny` (4 blocks, width 64), channel `mlp`, recipe `long` (20 epochs, crop + flip, random erasing "
+            f"0.25, EMA 0.999, drop path 0.1, AdamW lr 2e-3, wd 0.05, batch 256), 55,000 training images, test "
+            f"accuracy of the EMA weights on the 10,000 test images after every epoch. {args.workers} study workers "
+            f"shared the 2 cores ({', '.join(map(str, sorted(threads)))} thread(s) each), so the wall times are "
+            f"those of a run beside another; each run's process measured the matmul peak (fp32, its threads) that "
+            f"its MFU (6 x MACs x train img/s / peak) divides by. Wall time includes the evaluations.\n\n"
+            + table(dict(sorted(records.items()))) + "\n")
+    print(text)
+    if args.out:
+        atomic_write(args.out, lambda f: f.write(text.encode()))
+
+
+if __name__ == "__main__":
+    main()
