@@ -124,6 +124,8 @@ spatial = ["conv", "pool"]
         for t in final:  # the final runs use exactly the winning values, and the runs really had them
             assert t.params == best.params and t.user_attrs["best_of"] == best.number
             assert t.user_attrs["record"]["config"]["weight_decay"] == best.params["weight_decay"]
+        reused = next(t for t in final if t.user_attrs["seed"] == 0)  # the tuning seed: the winning run itself
+        assert reused.user_attrs["record"]["run_dir"] == best.user_attrs["record"]["run_dir"]
         row = next(a for a in doc["arms"] if a["arm"] == arm)
         assert row["best_params"] == best.params and row["tune"]["complete"] == 2
 
@@ -353,18 +355,24 @@ def test_shipped_experiment_files_parse_and_name_their_command(path):
 
 
 def test_shipped_experiments_meet_the_minimum_sizes():
+    """The pre-registered program (issue 16): the sizes and designs its experiment files promise."""
     from ablate.engines.study import experiment as experiment_file
     load = {p.stem: experiment_file.load(p) for p in (ROOT / "experiments").glob("*.toml")}
-    sizes = load["data_scaling"].fields["train_size"]
-    assert len(sizes) >= 6 and min(sizes) <= 1000 and max(sizes) == 60000 - 5000  # all beside the validation split
-    assert load["data_scaling"].run["steps"] > 0  # the same steps at every size
-    assert set(load["data_scaling"].fields["spatial"]) == {"attention", "mlp", "conv"}
-    shuffle = load["shuffle"]
-    assert shuffle.fields == {"spatial": ["attention", "mlp", "conv"], "shuffle": ["none", "patch", "global"]}
-    assert "train_size" not in shuffle.run  # the full training set
-    assert set(load["token_mixers"].fields["spatial"]) == {"identity", "random", "pool", "conv", "mlp", "attention"}
-    assert load["fair_tuning"].search and load["fair_tuning"].trials_per_arm > 0
-
+    core = load["structure_x_mixer"]
+    assert len(core.seeds) >= 5 and core.run["match"] == "params" and core.run["recipe"] == "long"
+    assert {a.axes["model_options"]["stem"] for a in core.arms} == {"conv", "patch"}
+    assert set(core.fields["spatial"]) == {"identity", "random", "pool", "conv", "mlp", "attention"}
+    scaling = load["data_scaling"]
+    sizes = scaling.fields["train_size"]
+    assert len(sizes) >= 5 and min(sizes) <= 1000 and max(sizes) == 60000 - 5000  # all beside the validation split
+    assert scaling.run["steps"] > 0  # the same steps at every size
+    assert set(scaling.fields["spatial"]) == {"attention", "mlp", "conv"}
+    assert load["shuffle"].fields["shuffle"] == ["none", "patch", "global"] and len(load["shuffle"].arms) == 12
+    assert "train_size" not in load["shuffle"].run  # the full training set
+    ablation = load["structure_ablation"]
+    assert set(ablation.fields["spatial"]) == {"attention", "identity"} and len(ablation.arms) == 8
+    for exp in (core, scaling, load["shuffle"], ablation):  # every arm tuned on validation, the same budget
+        assert exp.search and exp.metrics == ["val_acc"] and exp.trials_per_arm >= 2
 
 def test_storage_retries_when_another_worker_is_creating_the_tables(tmp_path, monkeypatch):
     """Workers that open a new PostgreSQL database together race to create optuna's tables (seen in

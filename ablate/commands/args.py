@@ -78,6 +78,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=positive_int, default=None,
                    help="evaluate on validation and test every k epochs, or k steps with --steps (default: every "
                         "epoch, or 10 times a run; always after the last step)")
+    p.add_argument("--test-each-eval", action="store_true",
+                   help="evaluate the test set at every evaluation too (default: validation at every evaluation, "
+                        "test after the last step; with no validation split, test at every evaluation)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, warm-up + cosine)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)

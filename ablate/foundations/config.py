@@ -42,6 +42,8 @@ class RunConfig:
     steps: int | None = None             # budget in optimizer steps, the same at every train size (epochs roll over)
     eval_every: int | None = None        # evaluate every k epochs, or k steps with `steps`; None = every epoch, or
                                          # 10 times a run with `steps` (always after the last step)
+    test_each_eval: bool = False         # the test set at every evaluation, not only after the last step (it is at
+                                         # every one anyway when there is no validation split)
     batch_size: int = 256                # the global batch: under torchrun each of N processes takes batch_size / N
     lr: float = 2e-3                     # peak learning rate after warm-up
     weight_decay: float = 0.05           # AdamW; not on norms, biases, position embeddings, class tokens (timm)

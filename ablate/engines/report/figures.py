@@ -124,20 +124,28 @@ def panel_figure(names: list[str]):
     return fig, list(zip(axes.flat, names))
 
 
+def curve_metric(final: pd.DataFrame) -> str:
+    """The accuracy every evaluation has: validation where the runs held a split out (the test set is then looked
+    at once, at the end), else test."""
+    every = all(e.get("val_acc") is not None for hist in final.history for e in hist)
+    return "val_acc" if every else "test_acc"
+
+
 def plot_curves(figs: Figures, final: pd.DataFrame, keys: list[str]) -> None:
     hue, col, names = panels(final, keys)
-    long = pd.DataFrame([{"hue": h, "col": c, "epoch": e["epoch"], "test_acc": e["test_acc"]}
+    metric = curve_metric(final)
+    split = "validation" if metric == "val_acc" else "test"
+    long = pd.DataFrame([{"hue": h, "col": c, "epoch": e["epoch"], metric: e[metric]}
                          for h, c, hist in zip(hue, col, final.history) for e in hist])
     colors = palette(long.hue)
     fig, grid = panel_figure(names)
     for ax, name in grid:
-        sns.lineplot(data=long[long.col == name], x="epoch", y="test_acc", hue="hue", palette=colors,
+        sns.lineplot(data=long[long.col == name], x="epoch", y=metric, hue="hue", palette=colors,
                      errorbar="sd", marker="o", ax=ax)
-        ax.set(title=name or None, ylabel="test accuracy")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(title=name or None, ylabel=f"{split} accuracy")
         ax.legend(title=None, fontsize="small")
     fig.suptitle("Learning curves: mean over seeds, band = sd")
-    figs.save(fig, "curves", "Test accuracy per epoch")
+    figs.save(fig, "curves", f"{split.capitalize()} accuracy per epoch")
 
 
 def plot_tuning_history(figs: Figures, tune: pd.DataFrame, keys: list[str], value: str, name: str,

@@ -1,6 +1,5 @@
 """The trials of a study as tables: one row per trial with its run record flattened, the final results, the
 study's axes, and readable arm names."""
-import json
 import re
 
 import numpy as np
@@ -88,8 +87,8 @@ def final_trials(frame: pd.DataFrame) -> pd.DataFrame:
 def hashable(value):
     if isinstance(value, (list, tuple)):
         return "/".join(map(str, value))
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
+    if isinstance(value, dict):  # a linked axis or model_options: "stem=patch,patch_size=28"
+        return ",".join(f"{k}={hashable(v)}" for k, v in sorted(value.items())) or "{}"
     return value
 
 

@@ -207,8 +207,10 @@ def finish(exp: Experiment, board: Board, cell: Cell, trial_id: int, out: Path) 
 
 
 def finished_run(out: Path, key: str) -> dict | None:
-    """A finished run of this config in the cell's folder: its worker died before telling the storage."""
-    for path in out.glob("*/record.json"):
+    """A finished run of exactly this config (same key: same seed, same values) among the arm's cells: the cell's
+    own, when its worker died before telling the storage, or the tuning run whose values won, which a final cell
+    on the tuning seed would only repeat (CPU runs repeat to the last digit)."""
+    for path in sorted(out.parent.glob("*/*/record.json")):
         try:
             doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):

@@ -234,14 +234,16 @@ class Trainer:
                 previous = self.where(self.done_steps)
                 train_loss = self.train_until(point)
                 val_acc, val_loss, _ = self.evaluate(self.val_batches) if self.val_batches else (None, None, None)
-                test_acc, test_loss, self.infer_img_s = self.evaluate(self.test_batches)
+                looks_at_test = self.cfg.test_each_eval or not self.val_batches or point == self.total_steps
+                test_acc, test_loss, rate = self.evaluate(self.test_batches) if looks_at_test else (None, None, None)
+                self.infer_img_s = rate or self.infer_img_s
                 if self.device.type == "cuda":  # the allocator's peak on the busiest GPU
                     peak = distributed.maximum(torch.cuda.max_memory_allocated(self.device) / 2**20, self.device)
                     self.peak_mem_mb = round(peak, 1)
                 epoch = point // self.steps_per_epoch if self.cfg.steps is None else round(point / self.epoch_steps, 3)
                 self.history.append({"epoch": epoch, "step": point, "train_loss": round(train_loss, 5),
                                      "val_acc": val_acc, "val_loss": val_loss and round(val_loss, 5),
-                                     "test_acc": test_acc, "test_loss": round(test_loss, 5),
+                                     "test_acc": test_acc, "test_loss": test_loss and round(test_loss, 5),
                                      "lr": self.optimizer.param_groups[0]["lr"],
                                      "time_s": round(time.perf_counter() - t0, 2)})
                 doc = self.record(run_dir, "running" if point < self.total_steps else "done")
@@ -258,7 +260,8 @@ class Trainer:
                     raise RunFailed(error)
                 self.log(f"{self.where(point)}/{self.cfg.budget[1]}  train_loss {train_loss:.4f}  "
                          + (f"val_acc {val_acc:.4f}  " if val_acc is not None else "")
-                         + f"test_acc {test_acc:.4f}  ({self.history[-1]['time_s']:.0f} s)")
+                         + (f"test_acc {test_acc:.4f}  " if test_acc is not None else "")
+                         + f"({self.history[-1]['time_s']:.0f} s)")
                 if on_eval and self.dist.main:
                     on_eval(point if self.cfg.steps else epoch, doc)
         except RunFailed as e:
