@@ -53,7 +53,7 @@ def analyse(study: optuna.Study, storage: str) -> Analysis:
         "phases": frame.phase.dropna().value_counts().sort_index().to_dict(),
         "n_final": len(final), "axes": keys, "seeds": unique(final, "seed"), "budget": budget(frame, final),
         "arms": arm_table(final, keys, failed), "power_law": [], "shuffle": [], "tuning": [], "importance_note": None,
-        "chosen_on": chosen_on(study),
+        "chosen_on": chosen_on(study), "label": study.user_attrs.get("label"),
     }
     a = Analysis(study, frame, final, keys, data_axis(final, keys), summary)
     summary["pairwise"] = pairwise(final, keys, a.model_keys)

@@ -52,7 +52,7 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
         states += f"; failed includes {s['lost_claims']} lost claim(s): cells another worker ran, not results"
     phases = ", ".join(f"{n} {phase}" for phase, n in s["phases"].items())
     parts = [
-        f"# Study `{s['study']}`",
+        f"# Study `{s['study']}`" + (f"\n\n> {s['label']}" if s.get("label") else ""),
         f"- storage: `{s['storage']}`\n- trials: {s['n_trials']} ({states}; phases: {phases or 'none'})\n"
         f"- objective (what chose tuned values, pruned trials and the best arm): {s['chosen_on']}\n"
         f"- analysed: {s['n_final']} complete final trials in {len(s['arms'])} arm(s) over seeds "
