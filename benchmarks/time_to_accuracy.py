@@ -75,8 +75,8 @@ def main() -> None:
     threads = {r["threads"] for rs in records.values() for r in rs}
     text = (f"# Time to accuracy of the long recipe on Fashion-MNIST\n\nCommand: `python benchmarks/time_to_accuracy.py "
             f"--workers {args.workers}{f' --out {args.out}' if args.out else ''}`\n\n"
-            f"Preset `tiny` (4 blocks, width 64), channel `mlp`, recipe `long` (20 epochs, crop + flip, random erasing "
-            f"0.25, EMA 0.999, drop path 0.1, AdamW lr 2e-3, wd 0.05, batch 256), 55,000 training images, test "
+            f"Preset `tiny` (4 blocks, width 64), channel `mlp`, recipe `long` (20 epochs, EMA 0.999, no augmentation, "
+            f"AdamW lr 2e-3, wd 0.05, batch 256), 55,000 training images, test "
             f"accuracy of the EMA weights on the 10,000 test images after every epoch. {args.workers} study workers "
             f"shared the 2 cores ({', '.join(map(str, sorted(threads)))} thread(s) each), so the wall times are "
             f"those of a run beside another; each run's process measured the matmul peak (fp32, its threads) that "

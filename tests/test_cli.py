@@ -89,11 +89,12 @@ GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_runs.json").read_t
 
 
 @pytest.mark.parametrize("golden", GOLDEN["runs"], ids=lambda g: g["argv"][1])
-def test_same_results_to_the_last_digit_as_before_the_refactor(cli, tmp_path, golden):
+def test_same_results_to_the_last_digit_as_before_the_refactor(tmp_path, capsys, golden):
     """Short synthetic runs recorded with the code before the one-way-layers refactor (tests/data): the same
     parameters, MACs and per-epoch train loss, test accuracy and test loss, to the last digit, on CPU."""
-    out = cli(*golden["argv"], "--out", str(tmp_path), "--json")
-    assert out.returncode == 0, out.stderr
-    record = json.loads(out.stdout)
+    code = main([*golden["argv"], "--out", str(tmp_path), "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    record = json.loads(out.out)
     assert (record["params"], record["macs"]) == (golden["params"], golden["macs"])
     assert [[h["train_loss"], h["test_acc"], h["test_loss"]] for h in record["history"]] == golden["history"]

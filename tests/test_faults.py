@@ -18,7 +18,8 @@ from conftest import ROOT, run_cli, wait_for_first_epoch
 ARGS = ["--dataset", "synthetic", "--epochs", "3", "--batch-size", "50", "--train-size", "500", "--seed", "7"]
 
 
-LONG = ["--recipe", "long", "--mixup", "0.2", "--cutmix", "1.0"]  # EMA, erasing, Mixup/CutMix: their states too
+LONG = ["--recipe", "long", "--augment", "--random-erasing", "0.25", "--mixup", "0.2", "--cutmix", "1.0",
+        "--model-opt", "drop_path=0.1"]  # EMA, crop/flip, erasing, Mixup/CutMix, drop path: every random state
 
 
 @pytest.mark.parametrize("recipe", [[], LONG], ids=["short", "long"])
@@ -98,6 +99,7 @@ spatial = ["conv", "pool", "mlp"]
 """
 
 
+@pytest.mark.slow  # 47 s; tests/test_study.py kills a single worker in the default run
 def test_study_with_two_workers_killed_twice_ends_with_every_cell_once(tmp_path):
     """SIGKILL a whole `study --workers 2` invocation (the process group) twice at random points, then rerun."""
     import random

@@ -7,6 +7,7 @@ import blocks
 
 from ..engines import data
 from ..foundations.config import MATCH_METRICS, RECIPES, SHUFFLES, RunConfig
+from ..foundations.parsing import non_negative_int, positive_int
 from ..foundations.runtime import DEVICES
 
 
@@ -23,25 +24,6 @@ def key_value(text: str) -> tuple[str, object]:
             raise argparse.ArgumentTypeError(f"{key}: malformed JSON value {value!r} ({e.msg} at character "
                                              f"{e.pos})") from None
         return key, value
-
-
-def whole_number(text: str, least: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}" if least == 1 else
-                                         f"must be >= {least}, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return whole_number(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    return whole_number(text, 0)
 
 
 def add_model_args(p: argparse.ArgumentParser, many: bool) -> None:

@@ -4,12 +4,12 @@ import argparse
 import json
 
 from ..engines.study import experiment
-from ..engines.study.board import open_study
+from ..engines.study.board import check_same_experiment, load_board, open_study
 from ..engines.study.launchers import LAUNCHERS
-from ..engines.study.summary import render, summarize
+from ..engines.study.summary import progress, render, summarize
 from ..engines.study.worker import log, quiet_optuna
 from ..foundations.errors import UsageError
-from ..foundations.storage import open_storage
+from ..foundations.storage import masked, open_storage
 from .args import positive_int
 
 HELP = "run an optuna study from an experiment file"
@@ -28,6 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a running trial's heartbeat; after 2x this without one, its worker counts as dead and the "
                         "cell is retried")
     p.add_argument("--json", action="store_true", help="print one JSON document summarising the study on stdout")
+    p.add_argument("--status", action="store_true",
+                   help="show the study's progress (cells done, running, pending) and summary from the storage alone; "
+                        "starts nothing")
+    p.add_argument("--detach", action="store_true",
+                   help="return once the workers are submitted (launchers whose workers run elsewhere, e.g. slurm); "
+                        "--status follows them")
     for name, launcher in LAUNCHERS.items():
         if launcher.add_arguments:
             launcher.add_arguments(p.add_argument_group(f"--launcher {name}"))
@@ -36,11 +42,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     quiet_optuna()
     exp = experiment.load(args.file)
+    if args.status:
+        return status(exp, args)
     launcher = LAUNCHERS[args.launcher]
+    if args.detach and not launcher.remote:
+        raise UsageError(f"--detach: the {args.launcher} launcher's workers run inside this command, so it cannot "
+                         f"return before they finish; use a launcher whose workers run elsewhere (--launcher slurm)")
     if launcher.remote and args.storage.startswith("sqlite"):
         raise UsageError(f"--launcher {args.launcher} runs workers on other machines, and a SQLite file cannot be "
                          f"shared between machines (its locks do not work over network filesystems); use a server "
                          f"(postgresql://...) or a journal file on a shared filesystem (journal:/shared/x.journal)")
+    if launcher.check:
+        launcher.check(args)
     board = open_study(exp, open_storage(args.storage, heartbeat=args.heartbeat))
     try:
         rc = launcher.launch(exp, board, args)
@@ -50,3 +63,24 @@ def main(args: argparse.Namespace) -> int:
     doc = summarize(exp, board, args.storage)
     print(json.dumps(doc) if args.json else render(doc))
     return rc
+
+
+def status(exp: experiment.Experiment, args: argparse.Namespace) -> int:
+    """`--status`: the study's progress and summary, read from the storage; nothing is created or started."""
+    storage = open_storage(args.storage, create=False)
+    try:
+        board = load_board(exp, storage)
+    except KeyError:
+        raise UsageError(f"no study {exp.name!r} in {masked(args.storage)}; start it with `python -m ablate study "
+                         f"{args.file} --storage {masked(args.storage)}`") from None
+    check_same_experiment(exp, board.study)
+    state = progress(exp, board)
+    doc = summarize(exp, board, args.storage)
+    doc["cells"]["pending"] = state["pending"]
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(f"study {exp.name}: {state['done']}/{state['total']} cells done, {state['running']} running, "
+              f"{state['pending']} pending")
+        print(render(doc))
+    return 0

@@ -28,19 +28,24 @@ def open_study(exp: Experiment, storage: BaseStorage) -> Board:
                                     load_if_exists=True)
     except sqlalchemy.exc.SQLAlchemyError as e:
         raise UsageError(f"storage error: {str(getattr(e, 'orig', e)).strip().splitlines()[0]}") from None
-    mine = json.loads(json.dumps(exp.fingerprint()))
-    theirs = study.user_attrs.get("experiment")
-    if theirs is None:
-        study.set_user_attr("experiment", mine)
-    elif theirs != mine:
-        diff = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
-        raise UsageError(f"study {exp.name!r} in this storage was made from a different experiment "
-                         f"({', '.join(diff)} differ: {', '.join(f'{k}={theirs.get(k)!r}' for k in diff)} there); "
-                         f"name the study differently in [study].name or restore the file")
+    if study.user_attrs.get("experiment") is None:
+        study.set_user_attr("experiment", json.loads(json.dumps(exp.fingerprint())))
+    check_same_experiment(exp, study)
     # what may grow between invocations: the report reads the axes from here
     study.set_user_attr("axes", exp.fields)
     study.set_user_attr("seeds", exp.seeds)
     return Board(storage, study, storage.get_study_id_from_name(exp.name))
+
+
+def check_same_experiment(exp: Experiment, study: optuna.Study) -> None:
+    """A study in a storage keeps the experiment it was made from (its arms and seeds may grow)."""
+    mine = json.loads(json.dumps(exp.fingerprint()))
+    theirs = study.user_attrs.get("experiment", mine)
+    if theirs != mine:
+        diff = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+        raise UsageError(f"study {exp.name!r} in this storage was made from a different experiment "
+                         f"({', '.join(diff)} differ: {', '.join(f'{k}={theirs.get(k)!r}' for k in diff)} there); "
+                         f"name the study differently in [study].name or restore the file")
 
 
 def load_board(exp: Experiment, storage: BaseStorage) -> Board:

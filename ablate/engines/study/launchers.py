@@ -3,7 +3,7 @@ the shared storage (worker.work); they differ in where the workers run.
 
 Adding a launcher is one file and one entry in LAUNCHERS: a function that starts the workers and returns an exit
 code, whether its workers run on other machines (then the storage must be one they can all reach), and, if it
-has any, its own command-line flags.
+has any, its own command-line flags and the check of them that runs before the storage is opened.
 """
 import argparse
 import contextlib
@@ -17,7 +17,7 @@ from pathlib import Path
 from blocks.errors import ConfigError
 
 from ...foundations.storage import open_storage
-from . import experiment
+from . import experiment, slurm
 from .board import Board, load_board
 from .experiment import Experiment
 from .worker import log, quiet_optuna, work
@@ -29,6 +29,7 @@ class Launcher:
     help: str                                                        # one line for `study --help`
     remote: bool = False          # workers on other machines: they must all reach the storage (no SQLite file)
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # its own flags, if any
+    check: Callable[[argparse.Namespace], None] | None = None  # raises UsageError before the storage is touched
 
 
 def launch_local(exp: Experiment, board: Board, args: argparse.Namespace) -> int:
@@ -80,4 +81,6 @@ def worker_process(file: str, url: str, out: str, heartbeat: int, index: int, co
 
 LAUNCHERS: dict[str, Launcher] = {
     "local": Launcher(launch_local, "worker processes on this machine (--workers N splits its cores)"),
+    "slurm": Launcher(slurm.launch, "one Slurm job array of --workers tasks (submitit); follows it until done",
+                      remote=True, add_arguments=slurm.add_arguments, check=slurm.check),
 }

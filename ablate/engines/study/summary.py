@@ -50,6 +50,14 @@ def summarize(exp: Experiment, board: Board, url: str) -> dict:
     return doc
 
 
+def progress(exp: Experiment, board: Board) -> dict:
+    """Cells done, running (a live trial holds them) and pending (the rest), read from the storage alone."""
+    groups = by_cell(board.study.get_trials(deepcopy=False))
+    states = [cell_state(groups.get(c.id, [])) for c in plan(exp, groups)]
+    total, done_, running = total_cells(exp), states.count("done"), states.count("running")
+    return {"total": total, "done": done_, "running": running, "pending": total - done_ - running}
+
+
 def first_done(trials: list[FrozenTrial]) -> FrozenTrial | None:
     return min((t for t in trials if done(t)), key=lambda t: t.number, default=None)
 

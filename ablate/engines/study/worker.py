@@ -143,8 +143,8 @@ def run_cell(exp: Experiment, board: Board, cell: Cell, out: Path, heartbeat: in
     """Claims `cell` and runs it; False when another worker holds it or took the trial over."""
     storage = board.storage
     trial_id = claim(exp, board, cell)
-    number = storage.get_trial_number_from_id(trial_id)
-    try:
+    try:  # from the claim on: a signal or crash anywhere below frees the cell
+        number = storage.get_trial_number_from_id(trial_id)
         with Heartbeat(storage, trial_id, heartbeat):
             if lost_claim(board, cell, number):
                 storage.set_trial_user_attr(trial_id, "lost_claim", True)
