@@ -62,8 +62,6 @@ def test_published_anchor_macs_timm(name, caplog):
                                   for n in ANCHORS])  # the timm test above holds the B sizes by default
 def test_published_anchor_macs_presets(name, caplog):
     published, preset = ANCHORS[name]
-    if preset not in blocks.PRESETS:  # the timm version above always holds the number
-        pytest.skip(f"blocks has no preset {preset!r} yet")
     cfg = blocks.PRESETS[preset]
     model = uninitialised(lambda: blocks.MetaFormer(cfg))
     with caplog.at_level(logging.WARNING):
