@@ -33,6 +33,18 @@ def fashion_dir() -> Path:
     return FASHION_DIR
 
 
+def wait_for(predicate, timeout: float, what: str, diagnose=lambda: ""):
+    """predicate()'s first truthy value, polled until `timeout` seconds; else a failure naming `what` and
+    whatever diagnose() tells about the state (e.g. a cluster's jobs and logs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}{diagnose()}")
+
+
 def wait_for_first_epoch(out: Path, timeout: float = 300) -> Path:
     """The record.json of the run under `out`, as soon as its first epoch's checkpoint is on disk."""
     deadline = time.time() + timeout

@@ -139,3 +139,12 @@ def test_batches_cover_epoch_in_seeded_order():
     assert sorted(first.tolist()) == list(range(100))
     assert torch.equal(first, torch.cat([b for _, b in batches.epoch(0)]))
     assert not torch.equal(first, torch.cat([b for _, b in batches.epoch(1)]))
+
+
+def test_no_two_seeds_share_an_epoch_order_even_past_1000_epochs():
+    """Step budgets on small subsets run thousands of epochs: seed 0's epoch 1000 must not be seed 1's epoch 0."""
+    orders = {tuple(subsets.epoch_order(100, s, e).tolist()) for s in (0, 1, 2) for e in (0, 1, 999, 1000, 1001, 2000)}
+    assert len(orders) == 3 * 6
+    first, later = subsets.TrainOrder(1000, 10, seed=0), subsets.TrainOrder(1000, 10, seed=1)
+    assert not torch.equal(first.permutation(1000), later.permutation(0))
+    assert torch.equal(first.permutation(5), torch.randperm(1000, generator=torch.Generator().manual_seed(5)))

@@ -24,6 +24,7 @@ import pytest
 from optuna.trial import TrialState
 
 from ablate import commands as cli
+from conftest import wait_for
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sinfo")
@@ -105,6 +106,9 @@ class Cluster:
         r = sh("squeue", "-h", "-o", "%i %T")
         assert r.returncode == 0, r.stderr
         return r.stdout.split("\n")[:-1]
+
+    def diagnose(self) -> str:
+        return f"; jobs: {self.jobs()}\n{self.logs()}"
 
     def drain(self, timeout: float = 60) -> None:
         """Cancels every job and waits until Slurm holds none, so the next test has the cores."""
@@ -205,16 +209,6 @@ def complete_per_cell(ts) -> Counter:
     return Counter(t.user_attrs["cell"] for t in ts if t.state == TrialState.COMPLETE)
 
 
-def wait_for(predicate, timeout: float, what: str, cluster: Cluster):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}; jobs: {cluster.jobs()}\n{cluster.logs()}")
-
-
 def task_log(out: Path, name: str, task: str) -> str:
     return "".join(p.read_text() for p in (out / name / "slurm").glob(f"{task}_*log.err"))
 
@@ -237,13 +231,13 @@ def test_cancelled_worker_leaves_its_cell_to_the_other_and_status_follows(slurm,
             running = {t.number: t for t in trials("cancel", url) if t.state == TrialState.RUNNING}
             now = started and running.get(int(started[-1][0]))
             return now and 2 <= len(now.intermediate_values) <= epochs // 2 and started[-1]
-        victim_line = wait_for(mid_cell, 120, "worker 1 two epochs into a cell", slurm)
+        victim_line = wait_for(mid_cell, 120, "worker 1 two epochs into a cell", slurm.diagnose)
         assert sh("scancel", f"{job}_1").returncode == 0
 
         def status():
             assert cli.main(["study", *args, "--status", "--json"]) == 0
             return json.loads(capsys.readouterr().out)
-        doc = wait_for(lambda: (d := status())["cells"]["done"] == 4 and d, 180, "every cell done", slurm)
+        doc = wait_for(lambda: (d := status())["cells"]["done"] == 4 and d, 180, "every cell done", slurm.diagnose)
         assert doc["cells"] == {"total": 4, "done": 4, "running": 0, "pending": 0} and doc["duplicates"] == 0
     finally:
         slurm.drain()

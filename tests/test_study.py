@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from ablate import commands as cli
+from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = """
@@ -175,16 +176,6 @@ spatial = ["conv", "mlp", "identity"]
         assert (t.number in on_front) == (not any(dominates(o, t) for o in ts))
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def test_sigkilled_worker_loses_and_duplicates_nothing(tmp_path, capsys):
     file = experiment(tmp_path, '[study]\nname = "killed"\nseeds = [0, 1]\n', epochs=8, train_size=1000)
     url, out = f"sqlite:///{tmp_path}/s.db", tmp_path / "runs"
@@ -217,6 +208,31 @@ def test_sigkilled_worker_loses_and_duplicates_nothing(tmp_path, capsys):
     assert record["run_dir"] == str(run_dir) and len(record["history"]) == 8  # continued the killed run's checkpoint
     assert [p.parent for p in cell_dir.glob("*/record.json")] == [run_dir]
     assert "resuming" in err
+
+
+def test_sigterm_frees_the_claimed_cell_at_once(tmp_path):
+    """A `kill`ed study fails its running trials as it exits, instead of leaving them to the heartbeat's grace."""
+    file = experiment(tmp_path, '[study]\nname = "termed"\nseeds = [0, 1]\n', epochs=100, train_size=1000)
+    url, out = f"sqlite:///{tmp_path}/s.db", tmp_path / "runs"
+    args = [str(file), "--storage", url, "--out", str(out), "--workers", "2", "--heartbeat", "600"]
+    proc = subprocess.Popen([sys.executable, "-m", "ablate", "study", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def both_running():
+        try:
+            ts = trials("termed", url)
+        except KeyError:  # the study is not created yet
+            return None
+        running = [t for t in ts if t.state == TrialState.RUNNING and t.intermediate_values]
+        return len(running) == 2 and running
+    try:
+        wait_for(both_running, 120, "both workers an epoch into their cells")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # as `kill` of a shell job: the study and its spawned worker
+        proc.wait(timeout=60)
+    ts = trials("termed", url)
+    assert [t.state for t in ts] == [TrialState.FAIL] * 2  # freed now, not after the 600 s heartbeat grace
+    assert all(t.user_attrs["crash"].startswith("SystemExit") for t in ts)
 
 
 def test_workers_share_a_journal_file(tmp_path, capfd):

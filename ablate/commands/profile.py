@@ -13,7 +13,7 @@ from tqdm import tqdm
 import blocks
 
 from ..engines.cost import count_macs, count_params, tokens
-from ..engines.matching import channel_ratio, match_overrides, reference_target
+from ..engines.matching import channel_ratio, check_match_to, match_overrides, reference_target
 from ..engines.measure import cpu_peak_memory_mb, forkserver, matmul_flops, throughput
 from ..foundations.config import MATCH_METRICS
 from ..foundations.errors import UsageError
@@ -50,10 +50,7 @@ def profile(args: argparse.Namespace, log) -> dict:
     spatials = names(args.spatial, blocks.SPATIAL, "spatial mixer")
     channels = names(args.channel, blocks.CHANNEL, "channel mixer")
     presets = names(args.preset, blocks.PRESETS, "preset")
-    if args.match_to and args.match_to not in blocks.SPATIAL:
-        raise UsageError(f"unknown --match-to {args.match_to!r}; valid: {', '.join(blocks.SPATIAL)}")
-    if args.match_to and not args.match:
-        raise UsageError("--match-to needs --match params|macs")
+    check_match_to(args.match, args.match_to)
     device = pick_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or usable_cores())

@@ -152,19 +152,25 @@ def reference_target(preset: str, spatial: str, channel: str, metric: str, base_
     return model_cost(metric, blocks.preset_config(preset, spatial=spatial, channel=channel, **base_overrides))
 
 
-def run_overrides(preset: str, spatial: str, channel: str, metric: str | None, match_to: str | None,
-                  base_overrides: dict) -> tuple[dict, dict | None]:
-    """For one run (ablate.train): the overrides that match it to `match_to`'s budget, and the record of it
-    ({metric, to, target}); ({}, None) without a metric."""
+def check_match_to(metric: str | None, match_to: str | None) -> None:
+    """--match-to names a spatial mixer and comes with --match."""
     if match_to and not metric:
         raise UsageError("--match-to needs --match params|macs")
+    if match_to and match_to not in blocks.SPATIAL:
+        raise UsageError(f"unknown --match-to {match_to!r}; valid: {', '.join(blocks.SPATIAL)}")
+
+
+def run_overrides(preset: str, spatial: str, channel: str, metric: str | None, match_to: str | None,
+                  base_overrides: dict) -> tuple[dict, dict | None]:
+    """For one run (training.plan.plan_model): the overrides that match it to `match_to`'s budget, and the record
+    of it ({metric, to, target}); ({}, None) without a metric. A run has no other mixer to default to, so --match
+    needs --match-to."""
+    check_match_to(metric, match_to)
     if not metric:
         return {}, None
     if not match_to:
         raise UsageError(f"--match {metric} needs --match-to SPATIAL, the mixer whose budget to match "
                          f"(one of {', '.join(blocks.SPATIAL)})")
-    if match_to not in blocks.SPATIAL:
-        raise UsageError(f"unknown --match-to {match_to!r}; valid: {', '.join(blocks.SPATIAL)}")
     target = reference_target(preset, match_to, channel, metric, base_overrides)
     overrides = {} if match_to == spatial else match_overrides(preset, spatial, channel, metric, target,
                                                                base_overrides)

@@ -18,7 +18,6 @@ RECIPES = {  # each an option of RunConfig (or, under model_options, of the back
     "long": {"epochs": 20, "augment": False, "mixup": 0.0, "cutmix": 0.0, "random_erasing": 0.0, "ema": 0.999,
              "model_options": {}},
 }
-DEFAULT_EPOCHS = RECIPES["short"]["epochs"]
 SHUFFLES = ("none", "patch", "global")  # MLP-Mixer Fig. 4: no shuffle, patches + pixels within, all pixels
 MATCH_METRICS = ("params", "macs")
 
@@ -42,11 +41,12 @@ class RunConfig:
                                          # partial batch); None: the recipe's, unless `steps` is set
     steps: int | None = None             # budget in optimizer steps, the same at every train size (epochs roll over)
     eval_every: int | None = None        # evaluate every k epochs, or k steps with `steps`; None = every epoch, or
-                                         # 10 times a run with `steps` (always after the last step)
+                                         # every steps // 10 steps with `steps` (always after the last step)
     test_each_eval: bool = False         # the test set at every evaluation, not only after the last step (it is at
                                          # every one anyway when there is no validation split)
     batch_size: int = 256                # the global batch: under torchrun each of N processes takes batch_size / N
-    lr: float = 2e-3                     # peak learning rate after warm-up
+    lr: float = 2e-3                     # the rate warm-up climbs to (timm's cosine, which runs from step 0 on, has
+                                         # then already decayed it by cos: 0.976 lr after a 10% warm-up)
     weight_decay: float = 0.05           # AdamW; not on norms, biases, position embeddings, class tokens (timm)
     warmup: float = 0.1                  # linear warm-up over this fraction of the steps, then cosine to 1% of lr
     label_smoothing: float = 0.1         # also of Mixup/CutMix's mixed targets
@@ -83,7 +83,7 @@ RANGES = {
     "train_size": (lambda v: v > 0, "> 0"), "val_size": (lambda v: v >= 0, ">= 0"), "img_size": (lambda v: v > 0, "> 0"),
     "mixup": (lambda v: v >= 0, ">= 0"), "cutmix": (lambda v: v >= 0, ">= 0"),
     "random_erasing": (lambda v: 0 <= v <= 1, "in [0, 1]"), "ema": (lambda v: 0 <= v < 1, "in [0, 1)"),
-}
+    }
 MODEL_RESERVED = ("spatial", "channel")  # run options of their own, not model_options
 
 

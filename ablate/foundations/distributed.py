@@ -82,20 +82,10 @@ def per_rank_batch(batch_size: int, world: int) -> int:
     return batch_size // world
 
 
-def shard_size(n: int, rank: int, world: int, even: bool) -> int:
-    return n // world if even else len(range(rank, n, world))
-
-
-def shard(order: torch.Tensor, rank: int, world: int, even: bool) -> torch.Tensor:
-    """This rank's share of `order`: every world-th item from position `rank`.
-
-    even (training): every rank keeps n // world items, so batch i of all ranks together is exactly
-    order[i * B:(i + 1) * B] for the global batch B, whatever the world size: the same steps as one process.
-    not even (evaluation): every item is kept exactly once, ranks may differ by one.
-    """
-    if world == 1:
-        return order
-    return order[rank::world][:shard_size(len(order), rank, world, even)]
+def shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's share of `order` (an evaluation's): every world-th item from position `rank`, so every item is
+    kept exactly once over the ranks, which may differ by one. Training batches are sharded by TrainOrder."""
+    return order[rank::world]
 
 
 def mean(t: torch.Tensor) -> torch.Tensor:

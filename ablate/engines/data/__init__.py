@@ -54,11 +54,17 @@ def val_size(name: str, asked: int | None) -> int:
     return lookup(name)[0].val_size if asked is None else asked
 
 
+def check_img_size(name: str, img_size: int | None) -> DatasetEntry:
+    """The entry of dataset `name`, which must take --img-size if one is given (only image folders resize)."""
+    entry, _ = lookup(name)
+    if img_size is not None and not entry.takes_path:
+        raise DataError(f"--img-size applies to imagefolder:<path> datasets; {name} images keep their size")
+    return entry
+
+
 def load(name: str, data_dir: str | None = None, download: bool = True, img_size: int | None = None):
     """The dataset `name`: a memory.Dataset, or for `imagefolder:<path>` a folder.FolderDataset read from disk."""
-    entry, path = lookup(name)
+    entry = check_img_size(name, img_size)
     if entry.takes_path:
-        return entry.load(path, img_size)
-    if img_size is not None:
-        raise DataError(f"--img-size applies to imagefolder:<path> datasets; {name} images keep their size")
+        return entry.load(lookup(name)[1], img_size)
     return entry.load(data_dir, download)

@@ -1,4 +1,5 @@
 """Which examples a run sees: nested stratified subsets, and each epoch's seeded order."""
+import numpy as np
 import torch
 
 from ...foundations import distributed
@@ -26,9 +27,18 @@ def nested_subset(labels: torch.Tensor, size: int | None, seed: int) -> torch.Te
     return order[:size].sort().values
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """One epoch's order of n images. Below epoch 1000, torch's generator seeded with seed * 1000 + epoch, as every
+    earlier run drew; that seed would repeat another seed's order past it (seed 0's epoch 1000 is seed 1's epoch 0),
+    which step budgets on small subsets reach, so from there numpy's generator keyed on the pair (seed, epoch)."""
+    if epoch < 1000:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    return torch.from_numpy(np.random.default_rng((seed, epoch)).permutation(n))
+
+
 def eval_order(n: int, rank: int = 0, world: int = 1) -> torch.Tensor:
     """This rank's share of an evaluation: every image once over all ranks (distributed.shard)."""
-    return distributed.shard(torch.arange(n), rank, world, even=False)
+    return distributed.shard(torch.arange(n), rank, world)
 
 
 VAL_SEED = 0  # the validation split is a property of the dataset, like its test split: the same for every seed
@@ -71,7 +81,7 @@ class TrainOrder:
 
     def permutation(self, epoch: int) -> torch.Tensor:
         if self.cached[0] != epoch:
-            self.cached = epoch, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+            self.cached = epoch, epoch_order(self.n, self.seed, epoch)
         return self.cached[1]
 
     def indices(self, step: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class Launcher:
 def launch_local(exp: Experiment, board: Board, args: argparse.Namespace) -> int:
     """Worker 0 in this process, workers 1..N-1 spawned, each on its share of the cores; returns the worst exit
     code of the spawned ones."""
+    exit_on_sigterm()
     if args.workers == 1:
         work(exp, board, Path(args.out), args.heartbeat, "worker")
         return 0
@@ -51,6 +53,12 @@ def launch_local(exp: Experiment, board: Board, args: argparse.Namespace) -> int
             p.join()
     codes = [p.exitcode for p in procs]
     return 0 if all(c == 0 for c in codes) else max((c for c in codes if c > 0), default=1)
+
+
+def exit_on_sigterm() -> None:
+    """`kill` (SIGTERM) unwinds like Ctrl-C, so a worker fails its claimed trial at once (run_cell) and the cell is
+    free for the next worker, instead of waiting until its heartbeat goes stale."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 @contextlib.contextmanager
@@ -70,6 +78,7 @@ def core_share(index: int, count: int):
 def worker_process(file: str, url: str, out: str, heartbeat: int, index: int, count: int) -> None:
     """One of the spawned workers: its own share of the cores, its own storage connection."""
     quiet_optuna()
+    exit_on_sigterm()
     try:
         with core_share(index, count):
             exp = experiment.load(file)

@@ -8,8 +8,9 @@ import blocks
 
 from ...foundations import config
 from ...foundations.config import RunConfig
-from ...foundations.errors import DataError, UsageError
+from ...foundations.errors import UsageError
 from .. import data, matching
+from ..cost import count_params
 
 BYTES_PER_PARAM = 4 * 4  # fp32 weight, gradient and AdamW's two moments
 
@@ -27,9 +28,7 @@ def check(cfg: RunConfig) -> ModelPlan | None:
     folders): plan_model checks the model once they are listed."""
     config.check(cfg)
     cfg = config.resolve(cfg)
-    entry, _ = data.lookup(cfg.dataset)
-    if cfg.img_size is not None and not entry.takes_path:
-        raise DataError(f"--img-size applies to imagefolder:<path> datasets; {cfg.dataset} images keep their size")
+    entry = data.check_img_size(cfg.dataset, cfg.img_size)
     if entry.shape is None:
         blocks.preset_config(cfg.preset, spatial=cfg.spatial, channel=cfg.channel, **cfg.model_options)
         return None
@@ -49,23 +48,23 @@ def plan_model(cfg: RunConfig, shape: tuple[int, int, int], num_classes: int) ->
         model = blocks.MetaFormer(model_cfg)
         if model_cfg.img_size != h:  # a model built for another size must say so now, not in the first batch
             model.check_grid(tuple(model.stem(torch.zeros(1, c, h, w)).shape[1:3]))
-    check_memory(model, cfg.device)
+    check_memory(model, cfg.device, ema=cfg.ema > 0)
     return ModelPlan(model_cfg, matched)
 
 
-def check_memory(model: torch.nn.Module, device: str) -> None:
-    """Parameters, gradients and AdamW state must fit in the device's free memory (activations come on top).
+def check_memory(model: torch.nn.Module, device: str, ema: bool) -> None:
+    """Parameters, gradients, AdamW state and any EMA copy must fit in the device's free memory (activations come
+    on top).
     A GPU asked for on a machine without one (a study's login node) is checked where the run lands."""
     on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if on_gpu and not torch.cuda.is_available():
         return
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    need = trainable * BYTES_PER_PARAM + frozen * 4
+    trainable, frozen = count_params(model)
+    need = trainable * BYTES_PER_PARAM + frozen * 4 + (trainable + frozen) * 4 * ema
     free = torch.cuda.mem_get_info()[0] if on_gpu else available_memory()
     if need > free:
         raise UsageError(f"the model has {trainable + frozen:,} parameters ({frozen:,} frozen) and needs "
-                         f"{need / 2**30:.1f} GiB for them, their gradients and AdamW's state, more than the "
+                         f"{need / 2**30:.1f} GiB for them, their gradients, AdamW's state{' and the EMA copy' if ema else ''}, more than the "
                          f"{free / 2**30:.1f} GiB free on the {'GPU' if on_gpu else 'CPU'}; lower img_size, the width "
                          f"or the depth")
 

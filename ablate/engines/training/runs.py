@@ -75,6 +75,8 @@ def check_resumable(run_dir: Path, key: str) -> None:
     except (OSError, json.JSONDecodeError) as e:
         raise UsageError(f"--resume {run_dir}: its record.json cannot be read ({e}); the run cannot be resumed "
                          f"as it was, start a new one without --resume") from None
+    if doc.get("status") == "done":
+        raise UsageError(f"--resume {run_dir}: that run has finished; its result is {run_dir / 'record.json'}")
     if doc.get("config_key") != key:
         raise UsageError(f"--resume {run_dir}: that run has another config (key {doc.get('config_key')}, this "
                          f"command line's is {key}); give the same flags as the run, or leave out --resume")

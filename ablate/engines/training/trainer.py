@@ -1,5 +1,5 @@
-"""The training loop: one model, one dataset, AdamW + warm-up/cosine, evaluation every k epochs, a checkpoint
-and the run record after every epoch."""
+"""The training loop: one model, one dataset, AdamW + warm-up/cosine, and at every evaluation point (every k
+epochs, or k steps) an evaluation, a checkpoint and the run record."""
 import dataclasses
 import math
 import sys
@@ -31,13 +31,13 @@ from .step import Step, make_optimizer, memory_format
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, plan: ModelPlan | None, quiet: bool = False, log=None):
+    def __init__(self, cfg: RunConfig, plan: ModelPlan | None, quiet: bool = False):
         """`plan`: plan.check(cfg)'s model plan, or None where the dataset's shape comes from its files."""
         cfg = resolve(cfg)
         self.device = distributed.device_for(pick_device(cfg.device), distributed.context())
         self.dist = distributed.setup(self.device)  # under torchrun: joins the job's process group
         self.cfg, self.quiet = cfg, quiet or not self.dist.main  # other ranks stay quiet
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.log = lambda msg: print(msg, file=sys.stderr, flush=True)
         if not self.dist.main:
             self.log = lambda msg: None
         if self.device.type == "cpu":
@@ -45,15 +45,18 @@ class Trainer:
         else:
             torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN times its kernels once, keeps the fastest
         batch_size = distributed.per_rank_batch(cfg.batch_size, self.dist.world)
+        if (cfg.mixup or cfg.cutmix) and batch_size % 2:  # timm's Mixup pairs within each process's batch
+            raise UsageError(f"Mixup/CutMix pair images within each process's batch: --batch-size {cfg.batch_size} "
+                             f"over {self.dist.world} processes gives {batch_size}, which must be even")
         self.ds = data.load(cfg.dataset, cfg.data_dir, img_size=cfg.img_size)
         plan = plan or plan_model(cfg, self.ds.shape, self.ds.num_classes)
-        torch.manual_seed(cfg.seed)
+        self.matmul_flops = matmul_flops(str(self.device))  # beside every time in the record: times compare only so
+        torch.manual_seed(cfg.seed)  # after the peak's (cached) random matrices: every run of a process draws alike
         self.model, self.matched = build(plan.config), plan.matched and dict(plan.matched)
         if self.dist.active and self.device.type == "cuda":  # batch statistics over the global batch (GPU only)
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device, memory_format=memory_format(self.device))
         self.params, self.params_frozen = count_params(self.model)
-        self.matmul_flops = matmul_flops(str(self.device))  # beside every time in the record: times compare only so
         self.macs = count_macs(self.model, self.ds.shape)
         if self.dist.rank:  # dropout and drop-path draws differ per rank; rank 0 keeps a single process's stream
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
