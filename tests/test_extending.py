@@ -121,4 +121,4 @@ def test_recipe_4_a_study_launcher(tmp_path, capsys, monkeypatch):
     doc = run_json(capsys, "study", str(file), "--launcher", "threads", "--workers", "2",
                    "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(tmp_path / "runs"))
     assert sorted(started) == [0, 1]
-    assert doc["cells"] == {"total": 4, "done": 4, "running": 0} and doc["duplicates"] == 0
+    assert doc["cells"] == {"total": 4, "done": 4, "running": 0, "pending": 0} and doc["duplicates"] == 0

@@ -104,7 +104,7 @@ def test_two_workers_run_every_cell_exactly_once(postgres_url, tmp_path):
     cells = {f"spatial={s}|final|seed={i}" for s in ("conv", "pool", "identity", "mlp") for i in (0, 1)}
     for out, _ in outputs:  # each worker waits for the other and then summarises the whole study
         doc = json.loads(out)
-        assert doc["cells"] == {"total": 8, "done": 8, "running": 0} and doc["duplicates"] == 0
+        assert doc["cells"] == {"total": 8, "done": 8, "running": 0, "pending": 0} and doc["duplicates"] == 0
     trials = optuna.load_study(study_name="pg", storage=open_storage(postgres_url, heartbeat=2)).trials
     complete = Counter(t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE)
     assert complete == {cell: 1 for cell in cells}

@@ -283,7 +283,7 @@ def test_time_limit_shorter_than_a_cell_requeues_and_completes(slurm, tmp_path, 
     r = capsys.readouterr()
     assert result.get("rc") == 0, r.err + slurm.logs()
     doc = json.loads(r.out)
-    assert doc["cells"] == {"total": 2, "done": 2, "running": 0} and doc["duplicates"] == 0
+    assert doc["cells"] == {"total": 2, "done": 2, "running": 0, "pending": 0} and doc["duplicates"] == 0
     assert "study limit: 0/2 cells done, 2 running, 0 pending" in r.err  # it followed the progress
     ts = trials("limit", url)
     assert complete_per_cell(ts) == {"spatial=conv|final|seed=0": 1, "spatial=conv|final|seed=1": 1}

@@ -1,5 +1,6 @@
 """`ablate study`: grids of arms x seeds, tuning then final runs, pruning, resume after SIGKILL, several workers,
 and exit 2 for bad experiment files and storages. Tiny models on synthetic data, one core."""
+import errno
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from ablate import commands as cli
+from ablate.engines.training import trainer
 from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +77,7 @@ def test_grid_study_runs_every_cell_once_and_resumes(tmp_path, capsys):
     file, url, out = experiment(tmp_path, GRID), f"sqlite:///{tmp_path}/s.db", tmp_path / "runs"
     rc, doc, err = study(capsys, str(file), "--storage", url, "--out", str(out))
     assert rc == 0, err
-    assert doc["cells"] == {"total": 4, "done": 4, "running": 0} and doc["duplicates"] == 0
+    assert doc["cells"] == {"total": 4, "done": 4, "running": 0, "pending": 0} and doc["duplicates"] == 0
     assert [a["arm"] for a in doc["arms"]] == ["spatial=conv", "spatial=mlp"]
     assert all(a["seeds_done"] == 2 and 0 <= a["mean"]["val_acc"] <= 1 for a in doc["arms"])
     ts = trials("grid", url)
@@ -199,7 +201,7 @@ def test_sigkilled_worker_loses_and_duplicates_nothing(tmp_path, capsys):
 
     rc, doc, err = study(capsys, *args)
     assert rc == 0, err
-    assert doc["cells"] == {"total": 2, "done": 2, "running": 0} and doc["duplicates"] == 0
+    assert doc["cells"] == {"total": 2, "done": 2, "running": 0, "pending": 0} and doc["duplicates"] == 0
     ts = trials("killed", url)
     assert complete_per_cell(ts) == {"base|final|seed=0": 1, "base|final|seed=1": 1}
     assert next(t for t in ts if t.number == victim.number).state == TrialState.FAIL  # failed by its heartbeat
@@ -233,6 +235,55 @@ def test_sigterm_frees_the_claimed_cell_at_once(tmp_path):
     ts = trials("termed", url)
     assert [t.state for t in ts] == [TrialState.FAIL] * 2  # freed now, not after the 600 s heartbeat grace
     assert all(t.user_attrs["crash"].startswith("SystemExit") for t in ts)
+
+
+def test_a_worker_whose_trial_was_failed_under_it_stops_and_the_retry_finishes(tmp_path, capsys):
+    """As when its heartbeats could not reach the storage for the grace period: another worker failed its trial.
+    It must stop (the retry continues the same checkpoint), not train on beside the retry, even where no
+    intermediate value (whose write would be refused) tells it: two objectives report none."""
+    file = experiment(tmp_path, '[study]\nname = "lost"\nseeds = [0]\nmetric = ["val_acc", "params"]\n', epochs=40)
+    url, out = f"sqlite:///{tmp_path}/s.db", tmp_path / "runs"
+
+    def fail_it_mid_run():
+        def two_epochs_in():
+            records = list(out.glob("lost/*/*/*/record.json"))
+            return records and len(json.loads(records[0].read_text() or "{}").get("history", [])) >= 2
+        wait_for(two_epochs_in, 120, "the trial two epochs in")
+        storage = optuna.storages.RDBStorage(url)
+        storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name("lost"), 0), TrialState.FAIL)
+    thread = threading.Thread(target=fail_it_mid_run)
+    thread.start()
+    rc, doc, err = study(capsys, str(file), "--storage", url, "--out", str(out), "--heartbeat", "1")
+    thread.join()
+    assert rc == 0 and doc["cells"]["done"] == 1 and doc["duplicates"] == 0, err
+    assert "was failed by another worker" in err and "resuming" in err  # stopped, and the retry continued it
+    failed, retry = trials("lost", url)
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE and len(retry.user_attrs["record"]["history"]) == 40
+    assert len(list(out.glob("lost/*/*/*/record.json"))) == 1  # the retry continued the one run folder
+
+
+def test_a_diverged_cell_is_a_result_and_one_that_cannot_save_is_freed(tmp_path, capsys, monkeypatch):
+    file = experiment(tmp_path, '[study]\nname = "faults"\nseeds = [0]\n[arms]\nlr = [1e12]\n', lr=False)
+    url, out = f"sqlite:///{tmp_path}/s.db", str(tmp_path / "runs")
+    rc, doc, err = study(capsys, str(file), "--storage", url, "--out", out)
+    assert rc == 0, err
+    assert doc["cells"]["done"] == 1  # diverging is what this lr does: done, not retried
+    (t,) = trials("faults", url)
+    assert t.state == TrialState.FAIL and t.user_attrs["error"].startswith("diverged")
+
+    file = experiment(tmp_path, '[study]\nname = "full-disk"\nseeds = [0]\n')
+
+    def no_space(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(trainer, "save_torch", no_space)
+    rc, _, err = study(capsys, str(file), "--storage", url, "--out", out)
+    assert rc == 1 and "No space left on device" in err
+    (t,) = trials("full-disk", url)
+    assert t.state == TrialState.FAIL and "error" not in t.user_attrs and t.user_attrs["crash"].startswith("RunFailed")
+    monkeypatch.undo()  # space freed: the rerun runs the cell
+    rc, doc, err = study(capsys, str(file), "--storage", url, "--out", out)
+    assert rc == 0 and doc["cells"]["done"] == 1, err
 
 
 def test_workers_share_a_journal_file(tmp_path, capfd):
@@ -301,6 +352,8 @@ def test_missing_experiment_file_exits_2(tmp_path, capsys):
     ("postgresql://nobody:secret@127.0.0.1:1/db", "cannot open storage postgresql://nobody:***@127.0.0.1:1/db: "
                                                   "connection failed"),
     ("journal:/no/such/folder/study.log", "folder /no/such/folder does not exist"),
+    ("sqlite://", "an in-memory SQLite database is gone when the process exits"),
+    ("sqlite:///:memory:", "an in-memory SQLite database is gone when the process exits"),
 ])
 def test_bad_storage_exits_2(tmp_path, capsys, url, message):
     file = experiment(tmp_path, '[study]\nname = "x"\n')

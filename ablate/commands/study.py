@@ -4,9 +4,9 @@ import argparse
 import json
 
 from ..engines.study import experiment
-from ..engines.study.board import check_same_experiment, load_board, open_study
+from ..engines.study.board import load_board, open_study
 from ..engines.study.launchers import LAUNCHERS
-from ..engines.study.summary import progress, render, summarize
+from ..engines.study.summary import progress_line, render, summarize
 from ..engines.study.worker import log, quiet_optuna
 from ..foundations.errors import UsageError
 from ..foundations.storage import masked, open_storage
@@ -73,14 +73,10 @@ def status(exp: experiment.Experiment, args: argparse.Namespace) -> int:
     except KeyError:
         raise UsageError(f"no study {exp.name!r} in {masked(args.storage)}; start it with `python -m ablate study "
                          f"{args.file} --storage {masked(args.storage)}`") from None
-    check_same_experiment(exp, board.study)
-    state = progress(exp, board)
     doc = summarize(exp, board, args.storage)
-    doc["cells"]["pending"] = state["pending"]
     if args.json:
         print(json.dumps(doc))
     else:
-        print(f"study {exp.name}: {state['done']}/{state['total']} cells done, {state['running']} running, "
-              f"{state['pending']} pending")
+        print(progress_line(exp.name, doc["cells"]))
         print(render(doc))
     return 0

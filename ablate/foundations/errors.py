@@ -11,4 +11,8 @@ class DataError(UsageError):
 
 
 class RunFailed(RuntimeError):
-    """A run that started and failed: diverged or crashed (exit 1)."""
+    """A run that started and failed: it diverged, or could not save (exit 1)."""
+
+
+class Diverged(RunFailed):
+    """The loss went non-finite: a result of its config (a study records it and does not retry the cell)."""

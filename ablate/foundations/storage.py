@@ -53,6 +53,9 @@ def open_storage(url: str, create: bool = True, heartbeat: int | None = None) ->
         parsed = make_url(url)
     except (ArgumentError, ValueError) as e:
         raise UsageError(f"--storage {url}: not a storage URL ({first_line(e)}); e.g. sqlite:///ablate.db") from None
+    if parsed.drivername.startswith("sqlite") and parsed.database in (None, "", ":memory:"):
+        raise UsageError(f"--storage {url}: an in-memory SQLite database is gone when the process exits and is not "
+                         f"shared with worker processes; name a file, e.g. sqlite:///ablate.db")
     if not create and parsed.drivername.startswith("sqlite") and not (parsed.database and Path(parsed.database).is_file()):
         raise UsageError(f"--storage {url}: no such file {parsed.database or '(none given)'}; run a study first "
                          f"(`python -m ablate study FILE --storage {url}`)")

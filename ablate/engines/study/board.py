@@ -8,6 +8,7 @@ import sqlalchemy.exc
 from optuna.storages import BaseStorage
 
 from ...foundations.errors import UsageError
+from ...foundations.storage import first_line
 from .experiment import Experiment
 
 
@@ -27,9 +28,9 @@ def open_study(exp: Experiment, storage: BaseStorage) -> Board:
         study = optuna.create_study(study_name=exp.name, storage=storage, directions=exp.directions,
                                     load_if_exists=True)
     except sqlalchemy.exc.SQLAlchemyError as e:
-        raise UsageError(f"storage error: {str(getattr(e, 'orig', e)).strip().splitlines()[0]}") from None
+        raise UsageError(f"storage error: {first_line(getattr(e, 'orig', None) or e)}") from None
     if study.user_attrs.get("experiment") is None:
-        study.set_user_attr("experiment", json.loads(json.dumps(exp.fingerprint())))
+        study.set_user_attr("experiment", stored_fingerprint(exp))
     check_same_experiment(exp, study)
     # what may grow between invocations: the report reads the axes from here
     study.set_user_attr("axes", exp.fields)
@@ -37,9 +38,14 @@ def open_study(exp: Experiment, storage: BaseStorage) -> Board:
     return Board(storage, study, storage.get_study_id_from_name(exp.name))
 
 
+def stored_fingerprint(exp: Experiment) -> dict:
+    """The experiment's fingerprint as the storage gives it back (JSON: tuples become lists)."""
+    return json.loads(json.dumps(exp.fingerprint()))
+
+
 def check_same_experiment(exp: Experiment, study: optuna.Study) -> None:
     """A study in a storage keeps the experiment it was made from (its arms and seeds may grow)."""
-    mine = json.loads(json.dumps(exp.fingerprint()))
+    mine = stored_fingerprint(exp)
     theirs = study.user_attrs.get("experiment", mine)
     if theirs != mine:
         diff = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
@@ -49,6 +55,8 @@ def check_same_experiment(exp: Experiment, study: optuna.Study) -> None:
 
 
 def load_board(exp: Experiment, storage: BaseStorage) -> Board:
-    """The board of a study that open_study made (another process's view of it)."""
+    """The board of a study that open_study made (another process's view of it, maybe hours later, as a requeued
+    Slurm task: the experiment file must still be the one the study was made from)."""
     study = optuna.load_study(study_name=exp.name, storage=storage)
+    check_same_experiment(exp, study)
     return Board(storage, study, storage.get_study_id_from_name(exp.name))

@@ -67,6 +67,13 @@ def plan(exp: Experiment, cells: dict[str, list[FrozenTrial]]) -> list[Cell]:
     return [c for _, c in sorted(out, key=lambda pair: pair[0])]
 
 
+def cell_states(exp: Experiment, trials: list[FrozenTrial]) -> tuple[dict, list[Cell], list[str]]:
+    """The trials by cell, the cells known now (plan) and each one's state (free, running or done)."""
+    groups = by_cell(trials)
+    cells = plan(exp, groups)
+    return groups, cells, [cell_state(groups.get(c.id, [])) for c in cells]
+
+
 def best_params(exp: Experiment, trials: list[FrozenTrial]) -> tuple[dict, int | None]:
     """The tuned values of an arm: its best complete tuning trial on the first metric (ties: the earlier)."""
     if not trials:

@@ -35,7 +35,7 @@ class Launcher:
 
 def launch_local(exp: Experiment, board: Board, args: argparse.Namespace) -> int:
     """Worker 0 in this process, workers 1..N-1 spawned, each on its share of the cores; returns the worst exit
-    code of the spawned ones."""
+    code of the spawned ones. If worker 0 stops abnormally, it stops the others."""
     exit_on_sigterm()
     if args.workers == 1:
         work(exp, board, Path(args.out), args.heartbeat, "worker")
@@ -48,7 +48,11 @@ def launch_local(exp: Experiment, board: Board, args: argparse.Namespace) -> int
     try:
         with core_share(0, args.workers):
             work(exp, board, Path(args.out), args.heartbeat, "worker 0")
-    finally:  # on an error or Ctrl-C (which the workers get too) they fail their own trials and exit
+    except BaseException:  # an error, Ctrl-C or SIGTERM here: the workers free their cells (exit_on_sigterm) and exit
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
         for p in procs:
             p.join()
     codes = [p.exitcode for p in procs]
@@ -57,8 +61,12 @@ def launch_local(exp: Experiment, board: Board, args: argparse.Namespace) -> int
 
 def exit_on_sigterm() -> None:
     """`kill` (SIGTERM) unwinds like Ctrl-C, so a worker fails its claimed trial at once (run_cell) and the cell is
-    free for the next worker, instead of waiting until its heartbeat goes stale."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    free for the next worker, instead of waiting until its heartbeat goes stale. A second SIGTERM (worker 0 stopping
+    the others after `kill` of the whole group) must not cut that short."""
+    def unwind(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(128 + signum)
+    signal.signal(signal.SIGTERM, unwind)
 
 
 @contextlib.contextmanager

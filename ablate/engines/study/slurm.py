@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from ...foundations.errors import UsageError
 from ...foundations.parsing import whole_number
-from ...foundations.storage import journal_path, open_storage
+from ...foundations.storage import journal_path, masked, open_storage
 from . import experiment
 from .board import Board, load_board
 from .experiment import Experiment
-from .summary import progress
+from .summary import progress, progress_line
 from .worker import log, quiet_optuna, work
 
 MAX_REQUEUES = 100  # time-limit requeues per task (submitit's max_num_timeout); preemptions do not count
@@ -150,7 +150,8 @@ def launch(exp: Experiment, board: Board, args: argparse.Namespace) -> int:
     job_id = jobs[0].job_id.split("_")[0]
     log(f"submitted Slurm job {job_id}: {args.workers} worker(s), logs in {folder}; `scancel {job_id}` stops them")
     if args.detach:
-        log(f"detached; `python -m ablate study {args.file} --storage {args.storage} --status` shows the progress")
+        log(f"detached; `python -m ablate study {args.file} --storage {masked(args.storage)} --status` shows the "
+            f"progress")
         return 0
     try:
         return follow(exp, board, job_id, folder, poll=min(5, args.heartbeat))
@@ -162,25 +163,25 @@ def launch(exp: Experiment, board: Board, args: argparse.Namespace) -> int:
 def follow(exp: Experiment, board: Board, job_id: str, folder: Path, poll: float) -> int:
     """Cells done / running / pending from the storage until all are done (0), or until Slurm has no task of the
     job left (1: the workers died or were cancelled; the same command resumes with new ones)."""
-    state = progress(exp, board)
+    state = progress(exp, board.study.get_trials(deepcopy=False))
     tty = sys.stderr.isatty()
     bar = tqdm(total=state["total"], unit="cell", desc=f"study {exp.name}", disable=not tty, file=sys.stderr)
     last, asked = None, 0.0
     try:
         while True:
-            state = progress(exp, board)
+            state = progress(exp, board.study.get_trials(deepcopy=False))
             if state != last:
                 bar.n = state["done"]
                 bar.set_postfix(running=state["running"], pending=state["pending"])
                 if not tty:
-                    log(f"study {exp.name}: {state['done']}/{state['total']} cells done, {state['running']} running, "
-                        f"{state['pending']} pending")
+                    log(progress_line(exp.name, state))
                 last = state
             if state["done"] == state["total"]:
                 return 0
             if time.monotonic() - asked >= max(5, 2 * poll):
                 asked = time.monotonic()
-                if queued_tasks(job_id) == 0:
+                # read again after squeue answers: the last cell may have finished in between
+                if queued_tasks(job_id) == 0 and (state := progress(exp, board.study.get_trials(deepcopy=False)))["done"] < state["total"]:
                     log(f"Slurm job {job_id} has no task left, with {state['done']}/{state['total']} cells done; "
                         f"see the logs in {folder}; the same command submits new workers that resume the study")
                     return 1

@@ -6,16 +6,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ...foundations.storage import masked
 from .board import Board
-from .cells import by_cell, cell_state, done, plan, total_cells
+from .cells import cell_states, done, total_cells
 from .experiment import Experiment
 
 
 def summarize(exp: Experiment, board: Board, url: str) -> dict:
     study = board.study
     trials = study.get_trials(deepcopy=False)
-    groups = by_cell(trials)
-    cells = plan(exp, groups)
-    states = {c.id: cell_state(groups.get(c.id, [])) for c in cells}
+    groups, cells, _ = cell_states(exp, trials)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     arms = []
     for arm in exp.arms:
@@ -35,8 +33,7 @@ def summarize(exp: Experiment, board: Board, url: str) -> dict:
         arms.append(row)
     doc = {"study": exp.name, "storage": masked(url), "file": str(exp.path), "metric": exp.metrics,
            "direction": exp.directions,
-           "cells": {"total": total_cells(exp), "done": sum(s == "done" for s in states.values()),
-                     "running": sum(s == "running" for s in states.values())},
+           "cells": progress(exp, trials),
            "duplicates": sum(sum(done(t) for t in g) > 1 for g in groups.values()),
            "trials": counts, "arms": arms}
     if len(exp.metrics) == 1:
@@ -50,12 +47,16 @@ def summarize(exp: Experiment, board: Board, url: str) -> dict:
     return doc
 
 
-def progress(exp: Experiment, board: Board) -> dict:
-    """Cells done, running (a live trial holds them) and pending (the rest), read from the storage alone."""
-    groups = by_cell(board.study.get_trials(deepcopy=False))
-    states = [cell_state(groups.get(c.id, [])) for c in plan(exp, groups)]
+def progress(exp: Experiment, trials: list[FrozenTrial]) -> dict:
+    """Cells done, running (a live trial holds them) and pending (the rest: free now, or known once tuning ends)."""
+    states = cell_states(exp, trials)[2]
     total, done_, running = total_cells(exp), states.count("done"), states.count("running")
     return {"total": total, "done": done_, "running": running, "pending": total - done_ - running}
+
+
+def progress_line(name: str, state: dict) -> str:
+    return (f"study {name}: {state['done']}/{state['total']} cells done, {state['running']} running, "
+            f"{state['pending']} pending")
 
 
 def first_done(trials: list[FrozenTrial]) -> FrozenTrial | None:

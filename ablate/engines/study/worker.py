@@ -4,7 +4,8 @@ tells the storage the result.
 A worker claims a free cell by creating a RUNNING trial for it and then re-reading the storage: if another
 live or finished trial holds the same cell, it fails its own trial as a lost claim and picks again. Of two
 workers that claim the same cell at once, the later reader always sees the earlier one, so a cell never runs
-twice (at worst both step back and one takes it on the next pass). A cell is done once it has a COMPLETE or
+twice (at worst both step back and one takes it on the next pass); a worker whose trial was failed under it
+(its heartbeats did not reach the storage) stops at its next evaluation. A cell is done once it has a COMPLETE or
 PRUNED trial, or a FAIL with an `error` (a diverged run, a result in itself). A killed worker's trial goes
 stale (optuna's heartbeat on RDB storages, a heartbeat attribute on journal files), is failed by the next
 worker that looks, and its cell runs again, continuing from the cell's checkpoint.
@@ -24,10 +25,10 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState, create_trial
 
 from ...foundations.config import RunConfig
-from ...foundations.errors import RunFailed
+from ...foundations.errors import Diverged
 from ..training import runs
 from .board import Board
-from .cells import LIVE, Cell, arm_view, by_cell, cell_state, done, draw_params, plan, total_cells, tune_trials
+from .cells import LIVE, Cell, arm_view, cell_states, done, draw_params, total_cells, tune_trials
 from .experiment import EPOCH_METRICS, Experiment
 
 HEARTBEAT_ATTR = "ablate:heartbeat"  # unix time, for storages without optuna's heartbeat (journal files)
@@ -43,11 +44,13 @@ def quiet_optuna() -> None:
 
 
 class Heartbeat:
-    """Marks a trial alive every `interval` seconds from a thread while its cell runs."""
+    """Marks a trial alive every `interval` seconds from a thread while its cell runs, and sets `lost` when another
+    worker has failed the trial (its beats did not reach the storage for the grace period): the run must stop,
+    since the cell's retry continues from the same checkpoint."""
 
     def __init__(self, storage: BaseStorage, trial_id: int, interval: int):
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
-        self.stop = threading.Event()
+        self.stop, self.lost = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
 
     def beat(self) -> None:
@@ -60,7 +63,10 @@ class Heartbeat:
         while not self.stop.wait(self.interval):
             try:
                 self.beat()
+                if self.storage.get_trial(self.trial_id).state != TrialState.RUNNING:
+                    raise UpdateFinishedTrialError(f"trial {self.trial_id} is finished")
             except UpdateFinishedTrialError:
+                self.lost.set()
                 return
             except Exception as e:  # a storage hiccup: keep beating, the grace period is 2 beats
                 log(f"heartbeat of trial {self.trial_id} failed: {e}")
@@ -101,9 +107,7 @@ def work(exp: Experiment, board: Board, out: Path, heartbeat: int, name: str) ->
     while True:
         fail_stale(board, 2 * heartbeat)
         trials = board.study.get_trials(deepcopy=False)
-        groups = by_cell(trials)
-        cells = plan(exp, groups)
-        states = [cell_state(groups.get(c.id, [])) for c in cells]
+        _, cells, states = cell_states(exp, trials)
         free = [c for c, s in zip(cells, states) if s == "free"]
         if not free:
             if len(cells) == total and all(s == "done" for s in states):
@@ -145,13 +149,13 @@ def run_cell(exp: Experiment, board: Board, cell: Cell, out: Path, heartbeat: in
     trial_id = claim(exp, board, cell)
     try:  # from the claim on: a signal or crash anywhere below frees the cell
         number = storage.get_trial_number_from_id(trial_id)
-        with Heartbeat(storage, trial_id, heartbeat):
+        with Heartbeat(storage, trial_id, heartbeat) as beat:
             if lost_claim(board, cell, number):
                 storage.set_trial_user_attr(trial_id, "lost_claim", True)
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
                 return False
             log(f"{name}: trial {number}: {cell.id} {cell.params or ''}")
-            finish(exp, board, cell, trial_id, out)
+            finish(exp, board, cell, trial_id, out, beat.lost)
             return True
     except UpdateFinishedTrialError:
         log(f"{name}: trial {number} ({cell.id}) was failed by another worker (its heartbeat went stale); "
@@ -166,13 +170,16 @@ def run_cell(exp: Experiment, board: Board, cell: Cell, out: Path, heartbeat: in
         raise
 
 
-def finish(exp: Experiment, board: Board, cell: Cell, trial_id: int, out: Path) -> None:
-    """Runs the cell's training job (continuing its checkpoint if there is one) and tells the storage."""
+def finish(exp: Experiment, board: Board, cell: Cell, trial_id: int, out: Path, lost: threading.Event) -> None:
+    """Runs the cell's training job (continuing its checkpoint if there is one) and tells the storage; stops at the
+    next evaluation once the trial is `lost`."""
     storage = board.storage
     cfg = RunConfig(**exp.run, **cell.arm.axes, **cell.params, seed=cell.seed, out=str(out / exp.name / cell.folder))
     last: dict = {}
 
     def on_eval(point: int, record: dict) -> None:
+        if lost.is_set():
+            raise UpdateFinishedTrialError(f"trial {trial_id} was failed by another worker")
         last["record"] = record
         if len(exp.metrics) > 1 or exp.metrics[0] not in EPOCH_METRICS:
             return
@@ -191,7 +198,7 @@ def finish(exp: Experiment, board: Board, cell: Cell, trial_id: int, out: Path) 
         storage.set_trial_user_attr(trial_id, "record", last.get("record"))
         storage.set_trial_state_values(trial_id, TrialState.PRUNED, [last["value"]])
         return
-    except RunFailed as e:  # a diverged run is a result: recorded, and not retried
+    except Diverged as e:  # a result: recorded, and not retried (a run that could not save frees its cell: run_cell)
         storage.set_trial_user_attr(trial_id, "record", last.get("record"))
         storage.set_trial_user_attr(trial_id, "error", str(e))
         storage.set_trial_state_values(trial_id, TrialState.FAIL)

@@ -17,7 +17,7 @@ import blocks
 from ... import __version__
 from ...foundations import distributed
 from ...foundations.config import RunConfig, resolve
-from ...foundations.errors import RunFailed, UsageError
+from ...foundations.errors import Diverged, RunFailed, UsageError
 from ...foundations.io import save_torch, write_json
 from ...foundations.runtime import autocast, git_commit, pick_device, timer, usable_cores
 from .. import data
@@ -161,7 +161,7 @@ class Trainer:
             if not math.isfinite(value):
                 within = step % self.steps_per_epoch + 1 if self.cfg.steps is None else step + 1
                 of = self.steps_per_epoch if self.cfg.steps is None else self.total_steps
-                raise RunFailed(f"diverged: loss is {value} at {self.where(step + 1)}, step {within}/{of} "
+                raise Diverged(f"diverged: loss is {value} at {self.where(step + 1)}, step {within}/{of} "
                                 f"(last finite loss: {last_finite}); lower --lr or check the data")
             last_finite = value
             self.step.update(loss)
