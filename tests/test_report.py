@@ -401,3 +401,28 @@ def test_journal_file_storage(tmp_path, capsys, prefix):
     study.add_trial(final_trial({"spatial": "conv"}, rec))
     code, doc = run_report(prefix + str(path), "j", tmp_path / "r", capsys=capsys)
     assert code == 0 and doc["n_final"] == 1 and doc["arms"][0]["test_acc_mean"] == pytest.approx(rec["test_acc"])
+
+
+def test_the_interval_of_a_is_its_profile(monkeypatch):
+    """a's interval is every a whose best (b, c) keeps the SSE under the threshold, checked by brute force over
+    (a, b, c) on a coarse grid, not the narrower range of a's best values inside the (b, c) region."""
+    monkeypatch.setattr(scaling, "B_GRID", np.linspace(0, scaling.B_MAX, 61))
+    monkeypatch.setattr(scaling, "C_GRID", np.linspace(0, 1, 61))
+    rng = np.random.default_rng(0)
+    n = np.repeat([250.0, 1000, 4000, 16000, 64000], 3)
+    err = 3.0 * n ** -0.45 + 0.1 + rng.normal(0, 0.01, n.size)
+    grid = scaling.Profile(n, err)
+    threshold = grid.sse.min() * 1.5
+    low, high = grid.a_range(threshold)
+    a = np.linspace(0, 3 * high, 3001)
+    x = (n / n.min())[None, :] ** -scaling.B_GRID[:, None]                                  # (B, N)
+    best = np.full(a.size, np.inf)
+    for bi in range(x.shape[0]):
+        pred = (a[:, None] / n.min() ** scaling.B_GRID[bi]) * x[bi][None, :]                 # (A, N)
+        resid = err[None, None, :] - pred[:, None, :] - scaling.C_GRID[None, :, None]        # (A, C, N)
+        best = np.minimum(best, (resid ** 2).sum(-1).min(1))
+    inside = a[best <= threshold]
+    step = a[1] - a[0]
+    assert abs(inside.min() - low) <= step and abs(inside.max() - high) <= step
+    narrow = grid.a[grid.sse <= threshold]  # the range of a's conditional optima: what the interval must not be
+    assert narrow.min() - low > step or high - narrow.max() > step

@@ -16,7 +16,7 @@ HELP = "run an optuna study from an experiment file"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="experiment file (TOML), e.g. experiments/token_mixers.toml")
+    p.add_argument("file", help="experiment file (TOML), e.g. experiments/structure_x_mixer.toml")
     p.add_argument("--storage", default="sqlite:///ablate.db",
                    help="optuna storage: an RDB URL (sqlite:///FILE, postgresql://USER:PASS@HOST/DB, mysql://...) "
                         "or a journal file (journal:PATH, or a path ending .log/.journal) for shared filesystems")

@@ -98,13 +98,13 @@ def tuning(a: Analysis) -> None:
         best = g.loc[g[value].idxmax() if a.maximize else g[value].idxmin()]
         a.summary["tuning"].append({"arm": arm, "trials": len(g), "best_value": float(best[value]),
                                     "best_trial": int(best.number), "params": trials[int(best.number)].params})
-    a.importances, a.summary["importance_note"] = param_importances(a.study, complete)
+    a.importances, a.summary["importance_note"] = param_importances(a.study, trials, complete)
 
 
-def param_importances(study: optuna.Study, tune: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
-    """PED-ANOVA importances (optuna's PedAnovaImportanceEvaluator) per arm over its tuning trials; (empty frame,
-    reason) when they cannot be computed."""
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+def param_importances(study: optuna.Study, by_number: dict[int, optuna.trial.FrozenTrial],
+                      tune: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """PED-ANOVA importances (optuna's PedAnovaImportanceEvaluator) per arm over its tuning trials (`by_number`:
+    the study's trials by number); (empty frame, reason) when they cannot be computed."""
     rows, reasons = [], []
     for arm, g in tune.groupby("arm_label"):
         trials = [by_number[n] for n in g.number]

@@ -42,7 +42,8 @@ def pairwise(final: pd.DataFrame, keys: list[str], over: list[str]) -> list[dict
 
 def test_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     """Mean difference a - b of test accuracy with its 95% interval, the test's p-value, and the minimum detectable
-    difference at 80% power with these seeds; `p` None where a test is not possible (fewer than 2 seeds)."""
+    difference at 80% power with these seeds (for Welch's test, the pooled-variance two-sample approximation);
+    `p` None where a test is not possible (fewer than 2 seeds, or no spread)."""
     by_seed_a, by_seed_b = (g.set_index("seed").test_acc.astype(float) for g in (a, b))
     paired = len(by_seed_a) >= 2 and set(by_seed_a.index) == set(by_seed_b.index)
     row = {"test": "paired t" if paired else "Welch t", "n": [len(by_seed_a), len(by_seed_b)],
@@ -57,7 +58,7 @@ def test_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     else:
         va, vb, na, nb = by_seed_a.var(ddof=1), by_seed_b.var(ddof=1), len(by_seed_a), len(by_seed_b)
         se = math.sqrt(va / na + vb / nb)
-        df = se ** 4 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1)) if se > 0 else na + nb - 2
+        df = se ** 4 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1)) if se > 0 else None
         sd = math.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2))
         p = float(stats.ttest_ind(by_seed_a, by_seed_b, equal_var=False).pvalue) if se > 0 else None
         effect = TTestIndPower().solve_power(nobs1=na, ratio=nb / na, alpha=ALPHA, power=POWER)
@@ -68,8 +69,9 @@ def test_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
 
 
 def anova(final: pd.DataFrame, factors: list[str]) -> dict | None:
-    """Two-way ANOVA of test accuracy on the factors (type II sums of squares), main effects and every two-way
-    interaction; None with fewer than two factors; a reason where the design cannot support it."""
+    """ANOVA of test accuracy on the factors (type II sums of squares): main effects and every two-way interaction
+    (two factors: the two-way ANOVA); None with fewer than two factors; a reason where the design cannot support
+    it."""
     factors = [f for f in factors if final[f].nunique() > 1] if not final.empty else []
     if len(factors) < 2:
         return None

@@ -10,7 +10,9 @@ import pandas as pd
 from matplotlib.ticker import EngFormatter
 
 from ...foundations.io import atomic_write
+from .compare import ALPHA, POWER
 from .figures import Figures
+from .scaling import B_MAX, LACK_OF_FIT_ALPHA, LEVEL, MIN_SIZES
 
 
 def fmt(x, spec: str = ".4f") -> str:
@@ -143,18 +145,19 @@ def pairwise_section(rows: list[dict]) -> str:
         [[r["axis"], r["a"], r["b"], r["test"], f"{r['diff']:+.4f}",
           "—" if r["ci95"] is None else f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]", pvalue(r["p"]),
           pvalue(r["p_holm"]), "—" if r["mdd"] is None else f"±{r['mdd']:.4f}"] for r in rows])
-    significant = sum(r["p_holm"] < 0.05 for r in tested)
+    significant = sum(r["p_holm"] < ALPHA for r in tested)
     return ("## Pairwise comparisons\nTest accuracy of every two arms that differ in one axis, the others held "
             "fixed: a paired t-test where both arms ran the same seeds (a seed fixes the training subset, the data order "
             "and the augmentation draws of both), else Welch's. p-values are Holm-corrected over the "
-            f"{len(tested)} tests of this table (statsmodels `multipletests`); {significant} stay below 0.05. The "
-            "last column is the smallest difference these seeds would detect at α = 0.05 with 80% power "
-            "(statsmodels power analysis, with the observed spread): a difference below it that is not "
+            f"{len(tested)} tests of this table (statsmodels `multipletests`); {significant} stay below {ALPHA}. The "
+            f"last column is the smallest difference these seeds would detect at α = {ALPHA} with {POWER:.0%} power "
+            "(statsmodels power analysis, with the observed spread; for Welch's test the pooled-variance "
+            "approximation): a difference below it that is not "
             "significant is not evidence of no difference.\n\n" + table)
 
 
 def anova_section(doc: dict) -> str:
-    head = (f"## Does one axis's effect depend on another?\nTwo-way ANOVA of test accuracy on "
+    head = (f"## Does one axis's effect depend on another?\nANOVA of test accuracy on "
             f"{', '.join(doc['factors'])} (statsmodels `ols` + `anova_lm`, type II, main effects and two-way "
             "interactions). A small p on an interaction means the effect of one factor differs between levels of the "
             "other: for spatial x a structure axis, the mixer's effect depends on the structure around it.\n\n")
@@ -182,9 +185,10 @@ def scaling_section(rows: list[dict]) -> str:
         table.append([r["series"], r["trials"], r["sizes"], test, *cells,
                       "not identified" if r["asymptotic_acc"] is None else f"{r['asymptotic_acc']:.4f}"])
     return ("## Data scaling\n`err(N) = a·N^(-b) + c` (err = 1 − test accuracy, N = training images; least squares "
-            "with a ≥ 0, 0 ≤ b ≤ 5, 0 ≤ c ≤ 1), fitted only from ≥ 5 train sizes. Lack of fit: F-test of the fit's "
-            "residuals against the seed-to-seed noise at each size; a fit it rejects (p < 0.05) is reported as "
-            "rejected and not drawn. Brackets: 95% profile-likelihood intervals (the parameter's values whose best "
-            "fit of the others stays within the F(1, df) threshold of the noise). A parameter whose interval "
-            "reaches the bound of its range is not identified by these data, and then neither is 1 − c.\n\n" +
+            f"with a ≥ 0, 0 ≤ b ≤ {B_MAX:g}, 0 ≤ c ≤ 1), fitted only from ≥ {MIN_SIZES} train sizes. Lack of fit: "
+            "F-test of the fit's residuals against the seed-to-seed noise at each size; a fit it rejects "
+            f"(p < {LACK_OF_FIT_ALPHA}) is reported as rejected and not drawn. Brackets: {LEVEL:.0%} "
+            "profile-likelihood intervals (the parameter's values whose best fit of the others stays within the "
+            "F(1, df) threshold of the noise). A parameter whose interval reaches the bound of its range is not "
+            "identified by these data; 1 − c is printed only where c is identified.\n\n" +
             markdown_table(["series", "trials", "sizes", "lack of fit", "a", "b", "c", "1 − c"], table))

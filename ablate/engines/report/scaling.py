@@ -13,7 +13,8 @@ MIN_SIZES = 5                  # three parameters and a lack-of-fit test need at
 B_MAX = 5.0                    # the exponent's range is [0, B_MAX]; c's is [0, 1]; a's is [0, inf)
 B_GRID = np.linspace(0, B_MAX, 1001)
 C_GRID = np.linspace(0, 1, 1001)
-LEVEL = 0.95
+LEVEL = 0.95                   # of the profile intervals
+LACK_OF_FIT_ALPHA = 0.05
 
 
 def power_law(n, a, b, c):
@@ -36,17 +37,31 @@ def fit_power_law(n: np.ndarray, err: np.ndarray, p0=None) -> np.ndarray | None:
     return np.array([big_a * n0 ** b, b, c])
 
 
-def profile(n: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """SSE over the (b, c) grid with a at its least-squares value for each pair (closed form, clipped at 0):
-    (sse[b, c], a[b, c]). The minimum over one axis is the profile of the other parameter."""
-    n0 = n.min()
-    x = (n / n0)[None, :] ** -B_GRID[:, None]                      # (B, N)
-    sx, sxx, sxy = x.sum(1), (x * x).sum(1), x @ err                # (B,)
-    c = C_GRID[None, :]                                              # (1, C)
-    big_a = np.clip((sxy[:, None] - c * sx[:, None]) / sxx[:, None], 0, None)  # (B, C)
-    syy, sy, m = (err ** 2).sum(), err.sum(), len(err)
-    sse = (syy - 2 * c * sy + m * c ** 2) - 2 * big_a * (sxy[:, None] - c * sx[:, None]) + big_a ** 2 * sxx[:, None]
-    return np.maximum(sse, 0), big_a * n0 ** B_GRID[:, None]
+class Profile:
+    """The SSE over the (b, c) grid, A = a * N_min^-b at its least-squares value for each pair (closed form).
+    For fixed (b, c) the SSE is R + sxx * (A - A_free)^2, so `sse` and `a` (A clipped at 0) give the profiles of b
+    and c (minimum over the other axis), and a_range the exact profile interval of a."""
+
+    def __init__(self, n: np.ndarray, err: np.ndarray):
+        n0 = n.min()
+        x = (n / n0)[None, :] ** -B_GRID[:, None]                  # (B, N)
+        sx, sxy = x.sum(1)[:, None], (x @ err)[:, None]            # (B, 1)
+        self.sxx = (x * x).sum(1)[:, None]                          # (B, 1)
+        c = C_GRID[None, :]                                          # (1, C)
+        self.a_free = (sxy - c * sx) / self.sxx                     # (B, C)
+        self.residual = np.maximum((err ** 2).sum() - 2 * c * err.sum() + len(err) * c ** 2
+                                   - self.a_free ** 2 * self.sxx, 0)  # R: the SSE at A_free
+        big_a = np.clip(self.a_free, 0, None)
+        self.sse = self.residual + self.sxx * (big_a - self.a_free) ** 2
+        self.scale = n0 ** B_GRID[:, None]                          # a = A * N_min^b
+        self.a = big_a * self.scale
+
+    def a_range(self, threshold: float) -> tuple[float, float]:
+        """The a values whose best (b, c) keeps the SSE within `threshold` (A >= 0)."""
+        half = np.sqrt(np.maximum(threshold - self.residual, 0) / self.sxx)
+        ok = (self.residual <= threshold) & (self.a_free + half >= 0)
+        low, high = np.clip(self.a_free - half, 0, None) * self.scale, (self.a_free + half) * self.scale
+        return float(low[ok].min()), float(high[ok].max())
 
 
 def fit_series(n: np.ndarray, err: np.ndarray) -> dict:
@@ -56,7 +71,8 @@ def fit_series(n: np.ndarray, err: np.ndarray) -> dict:
            "asymptotic_acc": None}
     if sizes.size < MIN_SIZES:
         return {**row, "status": f"not fitted: {sizes.size} train sizes, a fit needs >= {MIN_SIZES}"}
-    sse_grid, a_grid = profile(n, err)
+    grid = Profile(n, err)
+    sse_grid, a_grid = grid.sse, grid.a
     i, j = np.unravel_index(np.argmin(sse_grid), sse_grid.shape)
     refined = fit_power_law(n, err, p0=(a_grid[i, j], B_GRID[i], C_GRID[j]))
     best = np.array([a_grid[i, j], B_GRID[i], C_GRID[j]])
@@ -69,14 +85,15 @@ def fit_series(n: np.ndarray, err: np.ndarray) -> dict:
         f = ((sse - pure) / df_fit) / (pure / df_pure)
         p = float(stats.f.sf(f, df_fit, df_pure))
         row["lack_of_fit"] = {"F": float(f), "df": [df_fit, df_pure], "p": p}
-        if p < 1 - LEVEL:
+        if p < LACK_OF_FIT_ALPHA:
             return {**row, "status": f"rejected: lack of fit against the seed noise, F({df_fit}, {df_pure}) = "
                                      f"{f:.2f}, p = {p:.2g}"}
         variance, df = pure / df_pure, df_pure
-    else:  # no replicates: the noise can only come from the residuals, and the law cannot be tested
+    else:  # no replicates, or seeds that agree exactly: the noise can only come from the residuals, untested law
         variance, df = sse / max(len(n) - 3, 1), max(len(n) - 3, 1)
-    inside = sse_grid <= sse + variance * stats.f.ppf(LEVEL, 1, df)
-    intervals = {"a": (a_grid[inside].min(), a_grid[inside].max(), 0.0, math.inf),
+    threshold = sse + variance * stats.f.ppf(LEVEL, 1, df)
+    inside = sse_grid <= threshold
+    intervals = {"a": (*grid.a_range(threshold), 0.0, math.inf),
                  "b": (B_GRID[inside.any(1)].min(), B_GRID[inside.any(1)].max(), 0.0, B_MAX),
                  "c": (C_GRID[inside.any(0)].min(), C_GRID[inside.any(0)].max(), 0.0, 1.0)}
     fit = {}
@@ -87,7 +104,8 @@ def fit_series(n: np.ndarray, err: np.ndarray) -> dict:
                      "bound": at_bound[0] if at_bound else None}
     row["fit"] = fit
     row["asymptotic_acc"] = 1 - fit["c"]["value"] if fit["c"]["identified"] else None
-    untested = "" if row["lack_of_fit"] else " (no replicate seeds: lack of fit not testable)"
+    untested = "" if row["lack_of_fit"] else (" (no replicate seeds: lack of fit not testable)" if df_pure == 0 else
+                                              " (the seeds agree exactly at every size: lack of fit not testable)")
     return {**row, "status": "fitted" + untested}
 
 
