@@ -13,6 +13,7 @@ import torch
 from ablate.engines.training import runs, trainer
 from ablate.foundations.config import RunConfig
 from ablate.foundations.errors import RunFailed
+from ablate.foundations.io import UMASK, write_json
 from conftest import ROOT, run_cli, wait_for_first_epoch
 
 ARGS = ["--dataset", "synthetic", "--epochs", "3", "--batch-size", "50", "--train-size", "500", "--seed", "7"]
@@ -142,3 +143,11 @@ def test_damaged_run_folder_under_resume_exits_2_and_is_left_as_it_was(tmp_path,
     assert "--resume" in again.stderr and target.name in again.stderr and "Traceback" not in again.stderr
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing touched
     assert [p.name for p in tmp_path.iterdir()] == [run_dir.name]  # and no new run started
+
+
+def test_results_files_get_the_usual_permissions(tmp_path):
+    """Written through a 0600 temp file, a record still ends up readable by the group and others, as umask says."""
+    write_json(tmp_path / "record.json", {"a": 1})
+    assert (tmp_path / "record.json").stat().st_mode & 0o777 == 0o666 & ~UMASK
+    assert json.loads((tmp_path / "record.json").read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"]  # no temp file left behind

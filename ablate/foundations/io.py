@@ -6,15 +6,16 @@ from pathlib import Path
 
 import torch
 
+UMASK = os.umask(0o022)  # read once at import (setting it is process-wide, so not from threads later), restored
+os.umask(UMASK)
+
 
 def atomic_write(path: Path, write) -> None:
     """Calls write(file) on a temp file next to `path`, fsyncs, and renames it over `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results files get the usual permissions
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; results files get the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
