@@ -178,6 +178,15 @@ spatial = ["conv", "mlp", "identity"]
         assert (t.number in on_front) == (not any(dominates(o, t) for o in ts))
 
 
+def running(name: str, url: str, epochs: int) -> list[optuna.trial.FrozenTrial]:
+    """The study's RUNNING trials at least `epochs` evaluations in; none before the study exists."""
+    try:
+        ts = trials(name, url)
+    except KeyError:
+        return []
+    return [t for t in ts if t.state == TrialState.RUNNING and len(t.intermediate_values) >= epochs]
+
+
 def test_sigkilled_worker_loses_and_duplicates_nothing(tmp_path, capsys):
     file = experiment(tmp_path, '[study]\nname = "killed"\nseeds = [0, 1]\n', epochs=8, train_size=1000)
     url, out = f"sqlite:///{tmp_path}/s.db", tmp_path / "runs"
@@ -185,14 +194,8 @@ def test_sigkilled_worker_loses_and_duplicates_nothing(tmp_path, capsys):
     proc = subprocess.Popen([sys.executable, "-m", "ablate", "study", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
-    def mid_trial():
-        try:
-            ts = trials("killed", url)
-        except KeyError:  # the study is not created yet
-            return None
-        return next((t for t in ts if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2), None)
     try:
-        victim = wait_for(mid_trial, 120, "a trial two epochs in")
+        victim = wait_for(lambda: next(iter(running("killed", url, epochs=2)), None), 120, "a trial two epochs in")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -220,15 +223,8 @@ def test_sigterm_frees_the_claimed_cell_at_once(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ablate", "study", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
-    def both_running():
-        try:
-            ts = trials("termed", url)
-        except KeyError:  # the study is not created yet
-            return None
-        running = [t for t in ts if t.state == TrialState.RUNNING and t.intermediate_values]
-        return len(running) == 2 and running
     try:
-        wait_for(both_running, 120, "both workers an epoch into their cells")
+        wait_for(lambda: len(running("termed", url, epochs=1)) == 2, 120, "both workers an epoch into their cells")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # as `kill` of a shell job: the study and its spawned worker
         proc.wait(timeout=60)
