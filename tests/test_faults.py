@@ -135,6 +135,8 @@ def test_damaged_run_folder_under_resume_exits_2_and_is_left_as_it_was(tmp_path,
     first = run_cli(*args, "--json")
     assert first.returncode == 0, first.stderr
     run_dir = tmp_path / json.loads(first.stdout)["run_id"]
+    record = json.loads((run_dir / "record.json").read_text())
+    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running"}))  # as if killed at the end
     target = run_dir / ("checkpoint.pt" if damage == "checkpoint" else "record.json")
     target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 3])  # a torn write from another tool
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
@@ -143,6 +145,16 @@ def test_damaged_run_folder_under_resume_exits_2_and_is_left_as_it_was(tmp_path,
     assert "--resume" in again.stderr and target.name in again.stderr and "Traceback" not in again.stderr
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing touched
     assert [p.name for p in tmp_path.iterdir()] == [run_dir.name]  # and no new run started
+
+
+def test_resume_of_a_finished_run_exits_2_and_names_its_record(tmp_path):
+    args = ["--dataset", "synthetic", "--epochs", "1", "--batch-size", "100", "--train-size", "200",
+            "--out", str(tmp_path)]
+    first = run_cli(*args, "--json")
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / json.loads(first.stdout)["run_id"]
+    again = run_cli(*args, "--resume", str(run_dir))
+    assert again.returncode == 2 and f"that run has finished; its result is {run_dir / 'record.json'}" in again.stderr
 
 
 def test_results_files_get_the_usual_permissions(tmp_path):
