@@ -13,7 +13,7 @@ from .experiment import Experiment
 def summarize(exp: Experiment, board: Board, url: str) -> dict:
     study = board.study
     trials = study.get_trials(deepcopy=False)
-    groups, cells, _ = cell_states(exp, trials)
+    groups, cells, states = cell_states(exp, trials)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     arms = []
     for arm in exp.arms:
@@ -33,7 +33,7 @@ def summarize(exp: Experiment, board: Board, url: str) -> dict:
         arms.append(row)
     doc = {"study": exp.name, "storage": masked(url), "file": str(exp.path), "metric": exp.metrics,
            "direction": exp.directions,
-           "cells": progress(exp, trials),
+           "cells": tally(exp, states),
            "duplicates": sum(sum(done(t) for t in g) > 1 for g in groups.values()),
            "trials": counts, "arms": arms}
     if len(exp.metrics) == 1:
@@ -49,7 +49,10 @@ def summarize(exp: Experiment, board: Board, url: str) -> dict:
 
 def progress(exp: Experiment, trials: list[FrozenTrial]) -> dict:
     """Cells done, running (a live trial holds them) and pending (the rest: free now, or known once tuning ends)."""
-    states = cell_states(exp, trials)[2]
+    return tally(exp, cell_states(exp, trials)[2])
+
+
+def tally(exp: Experiment, states: list[str]) -> dict:
     total, done_, running = total_cells(exp), states.count("done"), states.count("running")
     return {"total": total, "done": done_, "running": running, "pending": total - done_ - running}
 
