@@ -3,13 +3,17 @@ time to reach 0.90 and 0.92 test accuracy (mean of 3 seeds), the accuracy after 
 the machine's measured matmul peak beside every time (absolute times compare only on one machine).
 
     python benchmarks/time_to_accuracy.py --workers 2 --out benchmarks/results/time_to_accuracy.md
+    python benchmarks/time_to_accuracy.py --experiment benchmarks/time_to_accuracy_tiny_hier.toml --workers 2 \
+        --out benchmarks/results/time_to_accuracy_tiny_hier.md
 
-The runs are the study in benchmarks/time_to_accuracy.toml (resumable from its storage); this script runs what is
-missing, then reads the records: every run's history has the test accuracy and the wall time of each epoch, and
-its record the matmul peak its process measured.
+The runs are the study in the experiment file (resumable from its storage); this script runs what is missing, then
+reads the records: every run's history has the test accuracy and the wall time of each epoch, and its record the
+matmul peak its process measured (in the precision it trained in).
 """
 import argparse
 import statistics
+import sys
+import tomllib
 from pathlib import Path
 
 import optuna
@@ -42,7 +46,7 @@ def mean_reach(records: list[dict], threshold: float) -> str:
 
 def table(records_by_mixer: dict[str, list[dict]]) -> str:
     lines = ["| spatial | seeds | " + " | ".join(f"to {t:.2f} (epochs, wall)" for t in THRESHOLDS)
-             + " | test acc at 20 epochs (mean ± sd) | train img/s | MFU | matmul peak |",
+             + " | final test acc (mean ± sd) | train img/s | MFU | matmul peak |",
              "|---|---:|" + "---|" * len(THRESHOLDS) + "---:|---:|---:|---:|"]
     for spatial, records in records_by_mixer.items():
         final = [r["test_acc"] for r in records]
@@ -56,31 +60,42 @@ def table(records_by_mixer: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def setup(record: dict, workers: int) -> str:
+    """What the runs were, from their records (the resolved config): model, recipe, precision, data, workers."""
+    c, precision = record["config"], record.get("precision", "fp32")  # records before --precision: fp32 on CPU
+    augment = "crop + flip" if c["augment"] else "no augmentation"
+    return (f"Preset `{c['preset']}` ({record['params']:,} parameters with `{c['spatial']}`), "
+            f"channel `{c['channel']}`, "
+            f"recipe `{c['recipe']}` ({c['epochs']} epochs, EMA {c['ema']}, {augment}, AdamW lr {c['lr']:g}, "
+            f"wd {c['weight_decay']:g}, batch {c['batch_size']}), {precision}, "
+            f"{record['train_size']:,} training images, test accuracy of the "
+            f"{'EMA ' if c['ema'] else ''}weights on the {record['test_size']:,} test images after every epoch. "
+            f"{workers} study workers shared the 2 cores ({record['threads']} thread(s) each), so the wall times are "
+            f"those of a run beside another; each run's process measured the matmul peak ({precision}, its "
+            f"threads) that its MFU (6 x MACs x train img/s / peak) divides by. Wall time includes the evaluations.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", type=Path, default=HERE / "time_to_accuracy.toml")
     parser.add_argument("--storage", default=f"sqlite:///{HERE / 'results' / 'time_to_accuracy.db'}")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--runs", default="runs", help="run folders (checkpoints) go here")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    file = HERE / "time_to_accuracy.toml"
-    code = ablate(["study", str(file), "--storage", args.storage, "--workers", str(args.workers), "--out", args.runs])
+    code = ablate(["study", str(args.experiment), "--storage", args.storage, "--workers", str(args.workers),
+                   "--out", args.runs])
     if code:
         raise SystemExit(code)
-    study = optuna.load_study(study_name="time-to-accuracy", storage=args.storage)
+    name = tomllib.loads(args.experiment.read_text())["study"]["name"]
+    study = optuna.load_study(study_name=name, storage=args.storage)
     records: dict[str, list[dict]] = {}
     for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
         record = t.user_attrs["record"]
         records.setdefault(record["spatial"], []).append(record)
-    threads = {r["threads"] for rs in records.values() for r in rs}
-    text = (f"# Time to accuracy of the long recipe on Fashion-MNIST\n\nCommand: `python benchmarks/time_to_accuracy.py "
-            f"--workers {args.workers}{f' --out {args.out}' if args.out else ''}`\n\n"
-            f"Preset `tiny` (4 blocks, width 64), channel `mlp`, recipe `long` (20 epochs, EMA 0.999, no augmentation, "
-            f"AdamW lr 2e-3, wd 0.05, batch 256), 55,000 training images, test "
-            f"accuracy of the EMA weights on the 10,000 test images after every epoch. {args.workers} study workers "
-            f"shared the 2 cores ({', '.join(map(str, sorted(threads)))} thread(s) each), so the wall times are "
-            f"those of a run beside another; each run's process measured the matmul peak (fp32, its threads) that "
-            f"its MFU (6 x MACs x train img/s / peak) divides by. Wall time includes the evaluations.\n\n"
+    command = "python " + " ".join(sys.argv)
+    first = next(iter(records.values()))[0]
+    text = (f"# Time to accuracy on Fashion-MNIST: {name}\n\nCommand: `{command}`\n\n{setup(first, args.workers)}\n\n"
             + table(dict(sorted(records.items()))) + "\n")
     print(text)
     if args.out:

@@ -77,7 +77,7 @@ def compare(name: str, batch_size: int, rounds: int, warmup: int, repeats: int, 
     """Images/s of ours and timm's, training and inference, alternating the two models each round."""
     models = dict(zip(("ablate", "timm"), build_pair(name)))
     x, y = torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
-    steps = {(who, mode): (train_step(m, x, y) if mode == "train" else infer_step(m, x))
+    steps = {(who, mode): (train_step(m, x, y, "fp32") if mode == "train" else infer_step(m, x, "fp32"))
              for who, m in models.items() for mode in ("train", "infer")}
     times = {key: [] for key in steps}
     for _ in range(rounds):

@@ -118,7 +118,7 @@ RUN_BAD_VALUES = {"spatial": "sa", "channel": "moe", "preset": "giant", "model_o
                   "eval_every": 0, "val_size": -1, "steps": 0, "batch_size": 0, "lr": 0.0, "weight_decay": -1.0, "warmup": 1.0,
                   "label_smoothing": 1.0, "augment": "yes", "shuffle": "rows", "seed": "zero", "device": "tpu",
                   "compile": 1, "out": 5, "recipe": "medium", "mixup": -0.1, "cutmix": "yes",
-                  "random_erasing": 1.5, "ema": 1.0, "test_each_eval": "yes"}
+                  "random_erasing": 1.5, "ema": 1.0, "test_each_eval": "yes", "precision": "fp16"}
 
 
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(RunConfig)])

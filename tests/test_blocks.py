@@ -1,4 +1,5 @@
-"""Every registered spatial x channel mixer pair in both backbone shapes: shape, finite loss, gradients."""
+"""Every registered spatial x channel mixer pair in both backbone shapes and both precisions: shape, finite loss,
+gradients."""
 import dataclasses
 import math
 
@@ -11,16 +12,18 @@ from blocks.backbone import build_mixer
 SHAPES = {"isotropic": "tiny", "hierarchical": "tiny-hier"}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("channel", blocks.CHANNEL)
 @pytest.mark.parametrize("spatial", blocks.SPATIAL)
-def test_pair_trains(spatial: str, channel: str, shape: str):
+def test_pair_trains(spatial: str, channel: str, shape: str, precision: str):
     torch.manual_seed(0)
     model = blocks.create(SHAPES[shape], spatial=spatial, channel=channel)
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
-    logits = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(x)
     assert logits.shape == (4, 10)
-    loss = torch.nn.functional.cross_entropy(logits, y)
+    loss = torch.nn.functional.cross_entropy(logits.float(), y)
     assert torch.isfinite(loss)
     loss.backward()
     for name, p in model.named_parameters():
@@ -46,6 +49,26 @@ def test_channel_mixer_keeps_shape(channel: str):
     mixer = build_mixer(blocks.CHANNEL, "channel", channel, 16, {})
     x = torch.randn(2, 5, 3, 16)
     assert mixer(x).shape == x.shape
+
+
+@pytest.mark.parametrize("class_token", [False, True])
+def test_attention_spelled_out_under_cpu_bf16_is_sdpa_to_bf16_precision(monkeypatch, class_token):
+    """Attention.attend's CPU bf16 path (a speed fix, no SDPA there) gives fp32 SDPA's output to bf16's precision,
+    class tokens included."""
+    sdpa, calls = torch.nn.functional.scaled_dot_product_attention, []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(a[0].dtype) or sdpa(*a, **kw))
+    torch.manual_seed(0)
+    mixer = blocks.SPATIAL["attention"](64, (7, 7))
+    x, prefix = torch.randn(2, 7, 7, 64), (torch.randn(2, 1, 64) if class_token else None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = mixer(x, prefix)
+    assert calls == []
+    high = mixer(x, prefix)
+    assert calls == [torch.float32]
+    for a, b in zip(low if class_token else [low], high if class_token else [high]):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b, atol=0.03, rtol=0.03)
 
 
 def test_random_mixer_is_frozen_and_counted():

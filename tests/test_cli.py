@@ -3,13 +3,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import blocks
 from ablate.commands import main
+from ablate.foundations import runtime
 
 RECORD_KEYS = {"spatial", "channel", "preset", "dataset", "train_size", "test_size", "seed", "epochs", "shuffle",
                "params", "macs", "test_acc", "test_loss", "train_time_s", "train_img_s", "infer_img_s", "device",
-               "history", "config", "version", "git_commit"}
+               "precision", "history", "config", "version", "git_commit"}
 SYNTHETIC = ["--dataset", "synthetic", "--epochs", "1", "--batch-size", "100"]
 
 
@@ -85,14 +87,46 @@ def test_resume_continues_the_unfinished_run(cli, tmp_path):
     assert "resuming" in again.stderr
 
 
+@pytest.mark.parametrize("flags, auto", [({"avx512f", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"),
+                                         ({"avx2", "avx512f"}, "fp32"), (set(), "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16_in_hardware(monkeypatch, flags, auto):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
+    cpu = torch.device("cpu")
+    assert runtime.pick_precision("auto", cpu) == auto
+    assert (runtime.pick_precision("fp32", cpu), runtime.pick_precision("bf16", cpu)) == ("fp32", "bf16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_record_says_which_precision_trained(cli, tmp_path, precision):
+    out = cli(*SYNTHETIC, "--precision", precision, "--out", str(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["precision"] == record["config"]["precision"] == precision and record["test_acc"] > 0.5
+
+
+def test_a_checkpoint_resumes_only_in_the_precision_it_trained_in(cli, tmp_path):
+    args = [*SYNTHETIC, "--epochs", "2", "--out", str(tmp_path)]
+    first = cli(*args, "--precision", "fp32", "--json")
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / json.loads(first.stdout)["run_id"]
+    record = json.loads((run_dir / "record.json").read_text())
+    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running"}))  # as if killed at the end
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    again = cli(*args, "--precision", "bf16", "--resume", str(run_dir))
+    assert again.returncode == 2
+    assert "trained in fp32 and this process would go on in bf16: resume with --precision fp32" in again.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_runs.json").read_text())
 
 
 @pytest.mark.parametrize("golden", GOLDEN["runs"], ids=lambda g: g["argv"][1])
 def test_same_results_to_the_last_digit_as_before_the_refactor(tmp_path, capsys, golden):
     """Short synthetic runs recorded with the code before the one-way-layers refactor (tests/data): the same
-    parameters, MACs and per-epoch train loss, test accuracy and test loss, to the last digit, on CPU."""
-    code = main([*golden["argv"], "--out", str(tmp_path), "--json"])
+    parameters, MACs and per-epoch train loss, test accuracy and test loss, to the last digit, on CPU in fp32 (the
+    only CPU precision then)."""
+    code = main([*golden["argv"], "--precision", "fp32", "--out", str(tmp_path), "--json"])
     out = capsys.readouterr()
     assert code == 0, out.err
     record = json.loads(out.out)

@@ -16,6 +16,7 @@ from ablate.engines.cost import UNCOUNTED, count_macs, count_params, flop_counte
 from ablate.engines.training.runs import run
 from ablate.foundations.config import RunConfig
 from ablate.foundations.errors import UsageError
+from ablate.foundations.runtime import pick_precision
 
 ANCHORS = {  # published MACs at 224 px (the papers' "FLOPs"), timm model, blocks preset
     "vit_small_patch16_224": (4.6e9, "vit-s16"),
@@ -118,6 +119,7 @@ def test_profile_rows_for_every_spatial_mixer(cli, tmp_path):
     rows = doc["rows"]
     assert [r["spatial"] for r in rows] == spatial
     assert doc["matmul_flops"] > 1e9 and doc["device"] == "cpu"
+    assert doc["precision"] == pick_precision("auto", torch.device("cpu"))  # as `run` trains: MFU against its peak
     for row in rows:
         assert ROW_KEYS <= set(row)
         model = blocks.create("tiny", spatial=row["spatial"])

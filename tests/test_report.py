@@ -42,7 +42,7 @@ def record(spatial: str, train_size: int, shuffle: str, seed: int, lr: float = 2
             "params": 200_000 + 1000 * len(spatial), "params_frozen": 0, "macs": MACS[spatial], "test_acc": acc,
             "test_loss": 0.5, "train_time_s": train_size / SPEED[spatial] * EPOCHS,
             "train_img_s": SPEED[spatial] + seed,
-            "infer_img_s": 3 * SPEED[spatial], "device": "cpu", "history": history,
+            "infer_img_s": 3 * SPEED[spatial], "device": "cpu", "precision": "bf16", "history": history,
             "config": {"lr": lr, "batch_size": 256, "augment": True, "model": {"dims": [64], "depths": [6]}}}
 
 
@@ -146,6 +146,7 @@ def test_full_study_gives_every_figure_table_and_csv(everything):
     assert doc["n_final"] == 3 * 5 * 2 * 3, "the cell recorded twice counts once"
     assert doc["axes"] == ["spatial", "train_size", "shuffle"], "channel has one value: not an axis"
     assert doc["budget"]["train_size"] == [250, 1000, 4000, 16000, 64000]
+    assert doc["budget"]["precision"] == ["bf16"] and doc["budget"]["device"] == ["cpu"]
     assert json.loads((out / "summary.json").read_text()) == doc
 
 

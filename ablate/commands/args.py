@@ -8,7 +8,7 @@ import blocks
 from ..engines import data
 from ..foundations.config import MATCH_METRICS, RECIPES, SHUFFLES, RunConfig
 from ..foundations.parsing import non_negative_int, positive_int
-from ..foundations.runtime import DEVICES
+from ..foundations.runtime import DEVICES, PRECISIONS
 
 
 def key_value(text: str) -> tuple[str, object]:
@@ -87,6 +87,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="fixed pixel permutation of train and test images (MLP-Mixer Fig. 4)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=DEVICES, default=d.device)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="fp32, or bf16 autocast; auto = bf16 where the device has it in hardware (CUDA from Ampere "
+                        "on, CPUs with AVX512-BF16 or AMX), else fp32; the record says which ran")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--out", default=d.out, help="folder for run folders (record.json + checkpoint.pt)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",

@@ -18,7 +18,7 @@ from ..engines.measure import cpu_peak_memory_mb, forkserver, matmul_flops, thro
 from ..foundations.config import MATCH_METRICS
 from ..foundations.errors import UsageError
 from ..foundations.io import atomic_write
-from ..foundations.runtime import DEVICES, pick_device, usable_cores
+from ..foundations.runtime import DEVICES, PRECISIONS, pick_device, pick_precision, usable_cores
 from .args import add_model_args, positive_int
 
 HELP = "params, MACs, throughput and memory per mixer"
@@ -46,7 +46,8 @@ def img_sizes(text: str | None) -> list[int | None]:
 
 
 def profile(args: argparse.Namespace, log) -> dict:
-    """The command's JSON document: device, batch size, the peak matmul FLOP/s behind `mfu`, and the rows."""
+    """The command's JSON document: device, precision, batch size, the peak matmul FLOP/s behind `mfu` (in that
+    precision), and the rows."""
     spatials = names(args.spatial, blocks.SPATIAL, "spatial mixer")
     channels = names(args.channel, blocks.CHANNEL, "channel mixer")
     presets = names(args.preset, blocks.PRESETS, "preset")
@@ -56,8 +57,9 @@ def profile(args: argparse.Namespace, log) -> dict:
         torch.set_num_threads(args.threads or usable_cores())
         forkserver()
         multiprocessing.forkserver.ensure_running()  # it imports torch while this process counts MACs
-    peak_flops = matmul_flops(str(device))
-    log(f"profile: {device}, peak matmul {peak_flops / 1e9:.1f} GFLOP/s, batch {args.batch_size}")
+    precision = pick_precision(args.precision, device)
+    peak_flops = matmul_flops(str(device), precision)
+    log(f"profile: {device}, {precision}, peak matmul {peak_flops / 1e9:.1f} GFLOP/s, batch {args.batch_size}")
     jobs = [(p, s, sp, ch) for p in presets for s in img_sizes(args.img_size) for sp in spatials for ch in channels]
     rows, targets = [], {}
     for preset, size, spatial, channel in tqdm(jobs, desc="profile", file=sys.stderr,
@@ -74,11 +76,11 @@ def profile(args: argparse.Namespace, log) -> dict:
         cfg = model.cfg
         trainable, frozen = count_params(model)
         macs = count_macs(model, (cfg.in_chans, cfg.img_size, cfg.img_size))
-        speed = throughput(model, args.batch_size, device, args.warmup, args.repeats)
+        speed = throughput(model, args.batch_size, device, precision, args.warmup, args.repeats)
         del model
         if device.type == "cpu":
             speed["peak_mem_mb"] = cpu_peak_memory_mb(cfg, args.batch_size, max(args.warmup, 2),
-                                                      torch.get_num_threads())
+                                                      torch.get_num_threads(), precision)
         row = {"spatial": spatial, "channel": channel, "preset": preset, "img_size": cfg.img_size,
                "tokens": tokens(cfg), "params": trainable, "params_frozen": frozen, "macs": macs,
                "train_img_s": significant(speed["train_img_s"]), "infer_img_s": significant(speed["infer_img_s"]),
@@ -90,7 +92,8 @@ def profile(args: argparse.Namespace, log) -> dict:
         log(f"  {preset} {cfg.img_size}px {spatial}/{channel}: {trainable:,} params, {macs / 1e6:.2f} M MACs, "
             f"train {rate(row['train_img_s'])} img/s, infer {rate(row['infer_img_s'])} img/s")
         rows.append(row)
-    return {"device": str(device), "batch_size": args.batch_size, "matmul_flops": peak_flops, "rows": rows}
+    return {"device": str(device), "precision": precision, "batch_size": args.batch_size, "matmul_flops": peak_flops,
+            "rows": rows}
 
 
 def significant(value: float, digits: int = 4) -> float:
@@ -153,6 +156,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=positive_int, default=3, help="untimed steps before timing")
     p.add_argument("--repeats", type=positive_int, default=10, help="timed steps; the median is reported")
     p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="fp32, or bf16 autocast; auto = bf16 where the device has it in hardware (as `run`)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default: the cores this process may use, as `run` does)")
     p.add_argument("--csv", default="profile.csv", help="where to write the rows as CSV (default: profile.csv)")

@@ -40,52 +40,54 @@ def batch(cfg: blocks.MetaFormerConfig, batch_size: int, device: torch.device) -
     return x, torch.randint(0, max(cfg.num_classes, 1), (batch_size,), device=device)
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str):
     """One training step as `run` takes it (training.step.Step with the default recipe's label smoothing and
-    AdamW): channels-last on CUDA, bf16 autocast on CUDA, cross-entropy, backward, optimizer step."""
+    AdamW): channels-last on CUDA, `precision` (runtime.pick_precision's), cross-entropy, backward, optimizer step."""
     defaults = RunConfig()
     model.to(memory_format=memory_format(x.device)).train()
-    step = Step(model, make_optimizer(model, defaults.lr, defaults.weight_decay), x.device, defaults.label_smoothing)
+    step = Step(model, make_optimizer(model, defaults.lr, defaults.weight_decay), x.device, precision,
+                defaults.label_smoothing)
     return lambda: step.update(step.loss(x, y))
 
 
-def infer_step(model: nn.Module, x: torch.Tensor):
+def infer_step(model: nn.Module, x: torch.Tensor, precision: str):
     """A forward pass in eval mode, as `run` evaluates."""
     model.to(memory_format=memory_format(x.device)).eval()
     x = x.contiguous(memory_format=memory_format(x.device))
 
     @torch.inference_mode()
     def step():
-        with autocast(x.device):
+        with autocast(x.device, precision):
             model(x)
     return step
 
 
-def throughput(model: nn.Module, batch_size: int, device: torch.device, warmup: int, repeats: int) -> dict:
+def throughput(model: nn.Module, batch_size: int, device: torch.device, precision: str, warmup: int,
+               repeats: int) -> dict:
     """Training and inference images/s (median step time), and peak CUDA memory of training on GPU."""
     x, y = batch(model.cfg, batch_size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_s = median_seconds(train_step(model, x, y), warmup, repeats, device)
+    train_s = median_seconds(train_step(model, x, y, precision), warmup, repeats, device)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
-    infer_s = median_seconds(infer_step(model, x), warmup, repeats, device)
+    infer_s = median_seconds(infer_step(model, x, precision), warmup, repeats, device)
     return {"train_img_s": batch_size / train_s, "infer_img_s": batch_size / infer_s, "peak_mem_mb": peak}
 
 
 @functools.cache
-def matmul_flops(device_name: str) -> float:
-    """Peak matmul FLOP/s of this device in the precision training uses (fp32 on CPU), measured in this
-    process: the best of repeated square matmuls."""
+def matmul_flops(device_name: str, precision: str) -> float:
+    """Peak matmul FLOP/s of this device in `precision` (runtime.pick_precision's: the one training uses), measured
+    in this process: the best of repeated square matmuls."""
     device = torch.device(device_name)
     n = 4096 if device.type == "cuda" else 1024
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    with autocast(device):
+    with autocast(device, precision):
         best = min(median_seconds(lambda: a @ b, warmup=0, repeats=1, device=device) for _ in range(6))
     return 2 * n ** 3 / best
 
 
-def memory_child(conn, cfg: blocks.MetaFormerConfig, mixers: dict, batch_size: int, steps: int,
-                 threads: int) -> None:
+def memory_child(conn, cfg: blocks.MetaFormerConfig, mixers: dict, batch_size: int, steps: int, threads: int,
+                 precision: str) -> None:
     """In a fresh process: sends (peak RSS in KiB after imports, peak RSS after `steps` training steps)."""
     try:
         torch.set_num_threads(threads)
@@ -93,7 +95,7 @@ def memory_child(conn, cfg: blocks.MetaFormerConfig, mixers: dict, batch_size: i
         blocks.SPATIAL.update(mixers["spatial"])  # mixers registered at run time in the parent (a user's own)
         blocks.CHANNEL.update(mixers["channel"])
         model = blocks.MetaFormer(cfg)
-        step = train_step(model, *batch(model.cfg, batch_size, torch.device("cpu")))
+        step = train_step(model, *batch(model.cfg, batch_size, torch.device("cpu")), precision)
         for _ in range(steps):
             step()
         conn.send((base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
@@ -114,7 +116,8 @@ def forkserver() -> multiprocessing.context.BaseContext:
     return ctx
 
 
-def cpu_peak_memory_mb(cfg: blocks.MetaFormerConfig, batch_size: int, steps: int, threads: int) -> float:
+def cpu_peak_memory_mb(cfg: blocks.MetaFormerConfig, batch_size: int, steps: int, threads: int,
+                       precision: str) -> float:
     """Peak RSS growth of a child process that builds the model and runs `steps` training steps on CPU:
     parameters, gradients, AdamW state, activations, and what the allocator and math libraries keep around.
     The child gets the mixer classes the config names, so a mixer registered in this process works there too."""
@@ -122,7 +125,7 @@ def cpu_peak_memory_mb(cfg: blocks.MetaFormerConfig, batch_size: int, steps: int
     receive, send = ctx.Pipe(duplex=False)
     mixers = {kind: {name: registry[name] for name in cfg.per_stage(getattr(cfg, kind))}
               for kind, registry in (("spatial", blocks.SPATIAL), ("channel", blocks.CHANNEL))}
-    child = ctx.Process(target=memory_child, args=(send, cfg, mixers, batch_size, steps, threads))
+    child = ctx.Process(target=memory_child, args=(send, cfg, mixers, batch_size, steps, threads, precision))
     child.start()
     send.close()
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from blocks.checks import check_fields
 
 from .errors import UsageError
-from .runtime import DEVICES
+from .runtime import DEVICES, PRECISIONS
 
 RECIPES = {  # each an option of RunConfig (or, under model_options, of the backbone) and its value
     # the 5-minute default job: 5 epochs, no augmentation (it costs accuracy in so short a budget: README)
@@ -59,6 +59,8 @@ class RunConfig:
     shuffle: str = "none"                # none | patch | global: a fixed pixel permutation of train and test
     seed: int = 0                        # model init, data order, subset and shuffle
     device: str = "auto"                 # auto | cpu | cuda
+    precision: str = "auto"              # auto | fp32 | bf16 (autocast); auto = bf16 where the device has it in
+                                         # hardware (CUDA from Ampere on, CPUs with AVX512-BF16 or AMX), else fp32
     compile: bool = False                # torch.compile the model (pays off on GPU)
     out: str = "runs"                    # run folders go here
 
@@ -68,13 +70,15 @@ class RunConfig:
         return ("steps", self.steps) if self.steps is not None else ("epochs", self.epochs)
 
     def key(self) -> str:
-        """Identifies the experiment as it runs (recipe resolved): everything but where and on what it runs."""
+        """Identifies the experiment as it runs (recipe resolved): everything but where and on what it runs, and in
+        which precision (`auto` may differ between machines; a checkpoint's own precision is checked on resume)."""
         fields = {k: v for k, v in dataclasses.asdict(resolve(self)).items()
-                  if k not in ("device", "out", "data_dir", "compile")}
+                  if k not in ("device", "out", "data_dir", "compile", "precision")}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
-CHOICES = {"shuffle": SHUFFLES, "device": DEVICES, "match": MATCH_METRICS, "recipe": tuple(RECIPES)}
+CHOICES = {"shuffle": SHUFFLES, "device": DEVICES, "precision": PRECISIONS, "match": MATCH_METRICS,
+           "recipe": tuple(RECIPES)}
 RANGES = {
     "lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
     "warmup": (lambda v: 0 <= v < 1, "in [0, 1): a fraction of the run"),

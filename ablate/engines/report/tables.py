@@ -40,8 +40,8 @@ def shuffle_table(final: pd.DataFrame, series: pd.Series) -> list[dict]:
 
 def budget(frame: pd.DataFrame, final: pd.DataFrame) -> dict:
     """What the analysed runs were given, and the training time of every trial that has a record."""
-    doc = {k: unique(final, k) for k in ("dataset", "preset", "epochs", "train_size", "test_size", "shuffle",
-                                         "device", "config.batch_size", "config.lr", "config.weight_decay",
-                                         "config.augment")}
+    doc = {k: unique(final, k) for k in ("dataset", "preset", "epochs", "steps", "train_size", "test_size", "shuffle",
+                                         "device", "precision", "config.recipe", "config.batch_size", "config.lr",
+                                         "config.weight_decay", "config.augment", "config.ema")}
     doc["train_time_s_total"] = float(frame.train_time_s.sum()) if "train_time_s" in frame else 0.0
     return doc

@@ -12,19 +12,20 @@ def memory_format(device: torch.device) -> torch.memory_format:
 
 
 class Step:
-    """forward -> cross-entropy (bf16 autocast on CUDA), then zero_grad -> backward -> optimizer step.
+    """forward -> cross-entropy (under `precision`'s autocast), then zero_grad -> backward -> optimizer step.
 
     `loss` and `update` are apart so that the caller can look at the loss (divergence) before updating.
     """
 
-    def __init__(self, forward, optimizer: torch.optim.Optimizer, device: torch.device, label_smoothing: float = 0.0):
-        self.forward, self.optimizer, self.device = forward, optimizer, device
+    def __init__(self, forward, optimizer: torch.optim.Optimizer, device: torch.device, precision: str,
+                 label_smoothing: float = 0.0):
+        self.forward, self.optimizer, self.device, self.precision = forward, optimizer, device, precision
         self.label_smoothing, self.memory_format = label_smoothing, memory_format(device)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device):
-            return F.cross_entropy(self.forward(x.contiguous(memory_format=self.memory_format)), y,
-                                   label_smoothing=self.label_smoothing)
+        with autocast(self.device, self.precision):
+            logits = self.forward(x.contiguous(memory_format=self.memory_format))
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
 
     def update(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

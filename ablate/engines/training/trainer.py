@@ -19,7 +19,7 @@ from ...foundations import distributed
 from ...foundations.config import RunConfig, resolve
 from ...foundations.errors import Diverged, RunFailed, UsageError
 from ...foundations.io import save_torch, write_json
-from ...foundations.runtime import autocast, git_commit, pick_device, timer, usable_cores
+from ...foundations.runtime import autocast, git_commit, pick_device, pick_precision, timer, usable_cores
 from .. import data
 from ..cost import count_macs, count_params
 from ..measure import matmul_flops
@@ -36,6 +36,7 @@ class Trainer:
         cfg = resolve(cfg)
         self.device = distributed.device_for(pick_device(cfg.device), distributed.context())
         self.dist = distributed.setup(self.device)  # under torchrun: joins the job's process group
+        self.precision = pick_precision(cfg.precision, self.device)
         self.cfg, self.quiet = cfg, quiet or not self.dist.main  # other ranks stay quiet
         self.log = lambda msg: print(msg, file=sys.stderr, flush=True)
         if not self.dist.main:
@@ -50,7 +51,8 @@ class Trainer:
                              f"over {self.dist.world} processes gives {batch_size}, which must be even")
         self.ds = data.load(cfg.dataset, cfg.data_dir, img_size=cfg.img_size)
         plan = plan or plan_model(cfg, self.ds.shape, self.ds.num_classes)
-        self.matmul_flops = matmul_flops(str(self.device))  # beside every time in the record: times compare only so
+        # beside every time in the record (times compare only so), in the precision the run trains in
+        self.matmul_flops = matmul_flops(str(self.device), self.precision)
         torch.manual_seed(cfg.seed)  # after the peak's (cached) random matrices: every run of a process draws alike
         self.model, self.matched = build(plan.config), plan.matched and dict(plan.matched)
         if self.dist.active and self.device.type == "cuda":  # batch statistics over the global batch (GPU only)
@@ -96,7 +98,7 @@ class Trainer:
         if self.dist.active:  # backward averages the gradients over ranks, so a step is the global batch's step
             ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
             train_forward = torch.compile(ddp) if cfg.compile else ddp
-        self.step = Step(train_forward, self.optimizer, self.device, self.regularize.label_smoothing)
+        self.step = Step(train_forward, self.optimizer, self.device, self.precision, self.regularize.label_smoothing)
         self.history: list[dict] = []
         self.done_steps = 0
         self.train_time = 0.0
@@ -117,12 +119,16 @@ class Trainer:
         rng = self.rng_state()
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "history": self.history, "steps": self.done_steps,
-                "ema": self.ema and self.ema.state_dict(),
+                "ema": self.ema and self.ema.state_dict(), "precision": self.precision,
                 "train_time": self.train_time,
                 "train_images": self.train_images, **rng,
                 "rank_rng": distributed.gather(rng) if self.dist.active else None}
 
     def load_state(self, state: dict) -> None:
+        trained_in = state.get("precision", "bf16" if self.device.type == "cuda" else "fp32")  # before the option
+        if trained_in != self.precision:
+            raise UsageError(f"the checkpoint was trained in {trained_in} and this process would go on in "
+                             f"{self.precision}: resume with --precision {trained_in}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -184,7 +190,7 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # correct, summed loss, images
         stop = timer(self.device)
         for x, y in batches.epoch(0):
-            with autocast(self.device):
+            with autocast(self.device, self.precision):
                 logits = forward(x.contiguous(memory_format=self.step.memory_format))
             sums += torch.stack([(logits.argmax(1) == y).sum().double(),
                                  F.cross_entropy(logits.float(), y, reduction="sum").double(),
@@ -206,7 +212,8 @@ class Trainer:
             "train_time_s": round(self.train_time, 3),
             "train_img_s": round(self.train_images / self.train_time, 1) if self.train_time else None,
             "infer_img_s": round(self.infer_img_s, 1) if self.infer_img_s else None,
-            "device": str(self.device), "world_size": self.dist.world, "threads": torch.get_num_threads(),
+            "device": str(self.device), "precision": self.precision, "world_size": self.dist.world,
+            "threads": torch.get_num_threads(),
             "matmul_flops": round(self.matmul_flops), "history": self.history,
             **({"peak_mem_mb": self.peak_mem_mb} if self.device.type == "cuda" else {}),
             "config": {**dataclasses.asdict(cfg), "model": dataclasses.asdict(self.model.cfg)},
