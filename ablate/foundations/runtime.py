@@ -42,7 +42,7 @@ def cpu_flags() -> frozenset[str]:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether the device multiplies bf16 matrices in hardware: CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or
-    AMX (3x the fp32 matmul rate on this project's 2-core machines: README, speed)."""
+    AMX (twice the fp32 matmul rate on this project's 2-core machines: README, speed)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})

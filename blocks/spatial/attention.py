@@ -9,7 +9,7 @@ from .base import SpatialMixer
 
 
 class Attention(SpatialMixer):
-    """Multi-head self-attention over all H*W tokens, with fused SDPA.
+    """Multi-head self-attention over all H*W tokens (fused SDPA, spelled out under CPU bf16: attend).
 
     `num_heads` wins over `head_dim` when given (ViT: 6 heads at 384); otherwise
     heads = dim // head_dim (MetaFormer/CAFormer: head_dim 32).
