@@ -93,6 +93,8 @@ def main() -> None:
     for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
         record = t.user_attrs["record"]
         records.setdefault(record["spatial"], []).append(record)
+    if not records:
+        raise SystemExit(f"study {name!r} has no finished run to describe (see `ablate report` for its failures)")
     command = "python " + " ".join(sys.argv)
     first = next(iter(records.values()))[0]
     text = (f"# Time to accuracy on Fashion-MNIST: {name}\n\nCommand: `{command}`\n\n{setup(first, args.workers)}\n\n"

@@ -1,5 +1,6 @@
 """The CLI as a user runs it: exit codes, messages, the run record, and real training on Fashion-MNIST."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from ablate.foundations import runtime
 RECORD_KEYS = {"spatial", "channel", "preset", "dataset", "train_size", "test_size", "seed", "epochs", "shuffle",
                "params", "macs", "test_acc", "test_loss", "train_time_s", "train_img_s", "infer_img_s", "device",
                "precision", "history", "config", "version", "git_commit"}
+README = (Path(__file__).parents[1] / "README.md").read_text()
 SYNTHETIC = ["--dataset", "synthetic", "--epochs", "1", "--batch-size", "100"]
 
 
@@ -31,7 +33,6 @@ def test_list_json(cli):
     (["--preset", "giant"], "unknown preset 'giant'; valid: tiny"),
 ])
 def test_bad_model_exits_2(cli, tmp_path, args, message):
-    import re
     out = cli(*args, *SYNTHETIC, "--out", str(tmp_path))
     assert out.returncode == 2
     assert re.search(message, out.stderr), out.stderr
@@ -44,6 +45,8 @@ def test_run_json_writes_record(cli, tmp_path):
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)  # exactly one JSON document on stdout
     assert RECORD_KEYS <= set(record)
+    documented = README.split("The run record has", 1)[1].split("Accuracies are fractions.", 1)[0]
+    assert {*record, *record["history"][0]} <= set(re.findall(r"[a-z_]+", documented))  # README lists every key
     assert record["params_frozen"] == 4 * 49 * 49
     assert 0 <= record["test_acc"] <= 1 and len(record["history"]) == 1
     saved = json.loads((tmp_path / record["run_id"] / "record.json").read_text())
@@ -115,6 +118,21 @@ def test_a_checkpoint_resumes_only_in_the_precision_it_trained_in(cli, tmp_path)
     again = cli(*args, "--precision", "bf16", "--resume", str(run_dir))
     assert again.returncode == 2
     assert "trained in fp32 and this process would go on in bf16: resume with --precision fp32" in again.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_resume_starts_anew_where_the_unfinished_run_trained_in_another_precision(cli, tmp_path):
+    args = [*SYNTHETIC, "--out", str(tmp_path), "--json"]
+    first = cli(*args, "--precision", "fp32")
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / json.loads(first.stdout)["run_id"]
+    record = json.loads((run_dir / "record.json").read_text())
+    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running"}))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    again = cli(*args, "--precision", "bf16", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "no unfinished run of this config" in again.stderr
+    assert json.loads(again.stdout)["run_id"] != run_dir.name and json.loads(again.stdout)["precision"] == "bf16"
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
 
 

@@ -1,5 +1,6 @@
 """`ablate study`: grids of arms x seeds, tuning then final runs, pruning, resume after SIGKILL, several workers,
 and exit 2 for bad experiment files and storages. Tiny models on synthetic data, one core."""
+import dataclasses
 import errno
 import json
 import os
@@ -16,7 +17,9 @@ import pytest
 from optuna.trial import TrialState
 
 from ablate import commands as cli
+from ablate.engines.study import worker
 from ablate.engines.training import trainer
+from ablate.foundations.config import RunConfig
 from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +134,21 @@ spatial = ["conv", "pool"]
         assert reused.user_attrs["record"]["run_dir"] == best.user_attrs["record"]["run_dir"]
         row = next(a for a in doc["arms"] if a["arm"] == arm)
         assert row["best_params"] == best.params and row["tune"]["complete"] == 2
+
+
+def test_a_cell_reuses_or_continues_only_runs_of_its_own_precision(tmp_path):
+    """The config key leaves the precision out (`auto` differs between machines), so the lookups check it: a bf16
+    cell neither takes an fp32 run as its result nor tries to continue an fp32 checkpoint (which would exit 2)."""
+    bf16 = RunConfig(dataset="synthetic", precision="bf16", out=str(tmp_path / "exp" / "cell-b"))
+    fp32 = dataclasses.replace(bf16, precision="fp32")
+    done_dir, running_dir = tmp_path / "exp" / "cell-a" / "run", tmp_path / "exp" / "cell-b" / "run"
+    for run_dir, status, record in [(done_dir, "done", {"precision": "fp32"}), (running_dir, "running", {})]:
+        run_dir.mkdir(parents=True)
+        record = {"config_key": bf16.key(), "status": status, "device": "cpu", **record}  # {}: from before the option
+        (run_dir / "record.json").write_text(json.dumps(record))
+        (run_dir / "checkpoint.pt").write_bytes(b"")
+    assert worker.finished_run(bf16) is None and worker.unfinished_run(bf16) is None
+    assert worker.finished_run(fp32)["status"] == "done" and worker.unfinished_run(fp32) == running_dir
 
 
 def test_pruner_prunes_a_tuning_trial(tmp_path, capsys):

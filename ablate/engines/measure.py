@@ -77,12 +77,13 @@ def throughput(model: nn.Module, batch_size: int, device: torch.device, precisio
 @functools.cache
 def matmul_flops(device_name: str, precision: str) -> float:
     """Peak matmul FLOP/s of this device in `precision` (runtime.pick_precision's: the one training uses), measured
-    in this process: the best of repeated square matmuls."""
+    in this process: the best of repeated square matmuls of matrices already in that precision (autocast would time
+    its casts too)."""
     device = torch.device(device_name)
     n = 4096 if device.type == "cuda" else 1024
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    with autocast(device, precision):
-        best = min(median_seconds(lambda: a @ b, warmup=0, repeats=1, device=device) for _ in range(6))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = min(median_seconds(lambda: a @ b, warmup=0, repeats=1, device=device) for _ in range(6))
     return 2 * n ** 3 / best
 
 

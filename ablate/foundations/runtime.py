@@ -57,6 +57,12 @@ def pick_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def precision_before_option(device: str) -> str:
+    """What a run from before `--precision` trained in (its checkpoint and record do not say): bf16 autocast on
+    CUDA, fp32 elsewhere."""
+    return "bf16" if device.startswith("cuda") else "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The precision of training, evaluation and timing (pick_precision's): bf16 autocast, or plain fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

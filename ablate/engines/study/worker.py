@@ -190,9 +190,9 @@ def finish(exp: Experiment, board: Board, cell: Cell, trial_id: int, out: Path, 
             raise optuna.TrialPruned(f"pruned at {point}")
 
     try:
-        record = finished_run(Path(cfg.out), cfg.key())
+        record = finished_run(cfg)
         if record is None:
-            resumable = unfinished_run(Path(cfg.out), cfg.key())
+            resumable = unfinished_run(cfg)
             record = runs.run(cfg, resume=str(resumable) if resumable else False, quiet=True, on_eval=on_eval)
     except optuna.TrialPruned:
         storage.set_trial_user_attr(trial_id, "record", last.get("record"))
@@ -213,23 +213,23 @@ def finish(exp: Experiment, board: Board, cell: Cell, trial_id: int, out: Path, 
     storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values)
 
 
-def finished_run(out: Path, key: str) -> dict | None:
-    """A finished run of exactly this config (same key: same seed, same values) among the arm's cells: the cell's
-    own, when its worker died before telling the storage, or the tuning run whose values won, which a final cell
+def finished_run(cfg: RunConfig) -> dict | None:
+    """A finished run of exactly this config (runs.is_run_of: same seed, same values, same precision) among the
+    arm's cells: the cell's own, when its worker died before telling the storage, or the tuning run whose values won, which a final cell
     on the tuning seed would only repeat (CPU runs repeat to the last digit)."""
-    for path in sorted(out.parent.glob("*/*/record.json")):
+    for path in sorted(Path(cfg.out).parent.glob("*/*/record.json")):
         try:
             doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if doc.get("config_key") == key and doc.get("status") == "done":
+        if runs.is_run_of(doc, cfg) and doc.get("status") == "done":
             log(f"reusing the finished run {path.parent}")
             return doc
     return None
 
 
-def unfinished_run(out: Path, key: str) -> Path | None:
-    return runs.find_resumable(out, key) if out.is_dir() else None
+def unfinished_run(cfg: RunConfig) -> Path | None:
+    return runs.find_resumable(Path(cfg.out), cfg) if Path(cfg.out).is_dir() else None
 
 
 def should_prune(exp: Experiment, board: Board, cell: Cell, trial_id: int) -> bool:

@@ -11,6 +11,7 @@ from ...foundations import distributed
 from ...foundations.config import RunConfig, resolve
 from ...foundations.errors import UsageError
 from ...foundations.io import write_json
+from ...foundations.runtime import pick_device, pick_precision, precision_before_option
 from .plan import check
 from .trainer import Trainer
 
@@ -32,9 +33,9 @@ def run(cfg: RunConfig, resume: str | bool = False, quiet: bool = False, on_eval
         prepare_out(out)
         if isinstance(resume, str):
             run_dir = Path(resume)
-            check_resumable(run_dir, cfg.key())
+            check_resumable(run_dir, cfg)
         elif resume:
-            run_dir = find_resumable(out, cfg.key())
+            run_dir = find_resumable(out, cfg)
             if run_dir is None:
                 print(f"no unfinished run of this config under {out}; starting a new one", file=sys.stderr)
         if run_dir is not None:
@@ -53,20 +54,33 @@ def run(cfg: RunConfig, resume: str | bool = False, quiet: bool = False, on_eval
         distributed.teardown()
 
 
-def find_resumable(out: Path, key: str) -> Path | None:
-    """The newest run folder under `out` with this config key whose record is not finished."""
+def trained_in(doc: dict) -> str:
+    """The precision a run record's run trains in."""
+    return doc.get("precision") or precision_before_option(doc.get("device", "cpu"))
+
+
+def is_run_of(doc: dict, cfg: RunConfig) -> bool:
+    """Whether a run record is of this config: the same key, and the precision this process would train it in (the
+    key leaves the precision out, as `auto` differs between machines, but a run is only reused or continued in its
+    own precision)."""
+    return doc.get("config_key") == cfg.key() and trained_in(doc) == pick_precision(cfg.precision,
+                                                                                    pick_device(cfg.device))
+
+
+def find_resumable(out: Path, cfg: RunConfig) -> Path | None:
+    """The newest run folder under `out` of this config (is_run_of) whose record is not finished."""
     candidates = []
     for record in out.glob("*/record.json"):
         try:
             doc = json.loads(record.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if doc.get("config_key") == key and doc.get("status") != "done" and (record.parent / "checkpoint.pt").exists():
+        if is_run_of(doc, cfg) and doc.get("status") != "done" and (record.parent / "checkpoint.pt").exists():
             candidates.append(record.parent)
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def check_resumable(run_dir: Path, key: str) -> None:
+def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
     """`--resume RUN_DIR`: a run folder with a checkpoint and a readable record of this same config."""
     if not (run_dir / "checkpoint.pt").exists():
         raise UsageError(f"--resume {run_dir}: no checkpoint.pt there")
@@ -77,9 +91,13 @@ def check_resumable(run_dir: Path, key: str) -> None:
                          f"as it was, start a new one without --resume") from None
     if doc.get("status") == "done":
         raise UsageError(f"--resume {run_dir}: that run has finished; its result is {run_dir / 'record.json'}")
-    if doc.get("config_key") != key:
+    if doc.get("config_key") != cfg.key():
         raise UsageError(f"--resume {run_dir}: that run has another config (key {doc.get('config_key')}, this "
-                         f"command line's is {key}); give the same flags as the run, or leave out --resume")
+                         f"command line's is {cfg.key()}); give the same flags as the run, or leave out --resume")
+    precision = pick_precision(cfg.precision, pick_device(cfg.device))
+    if trained_in(doc) != precision:
+        raise UsageError(f"--resume {run_dir}: that run trained in {trained_in(doc)} and this process would go on in "
+                         f"{precision}: resume with --precision {trained_in(doc)}")
 
 
 def read_checkpoint(run_dir: Path) -> dict:

@@ -19,7 +19,8 @@ from ...foundations import distributed
 from ...foundations.config import RunConfig, resolve
 from ...foundations.errors import Diverged, RunFailed, UsageError
 from ...foundations.io import save_torch, write_json
-from ...foundations.runtime import autocast, git_commit, pick_device, pick_precision, timer, usable_cores
+from ...foundations.runtime import (autocast, git_commit, pick_device, pick_precision, precision_before_option, timer,
+                                   usable_cores)
 from .. import data
 from ..cost import count_macs, count_params
 from ..measure import matmul_flops
@@ -125,7 +126,7 @@ class Trainer:
                 "rank_rng": distributed.gather(rng) if self.dist.active else None}
 
     def load_state(self, state: dict) -> None:
-        trained_in = state.get("precision", "bf16" if self.device.type == "cuda" else "fp32")  # before the option
+        trained_in = state.get("precision") or precision_before_option(self.device.type)
         if trained_in != self.precision:
             raise UsageError(f"the checkpoint was trained in {trained_in} and this process would go on in "
                              f"{self.precision}: resume with --precision {trained_in}")
