@@ -99,12 +99,25 @@ def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16_in_hardware(m
     assert (runtime.pick_precision("fp32", cpu), runtime.pick_precision("bf16", cpu)) == ("fp32", "bf16")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_without_readable_cpu_flags_auto_is_fp32(monkeypatch):
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    runtime.cpu_flags.cache_clear()
+    try:
+        assert runtime.cpu_flags() == frozenset()
+        assert runtime.pick_precision("auto", torch.device("cpu")) == "fp32"
+    finally:
+        runtime.cpu_flags.cache_clear()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
 def test_the_record_says_which_precision_trained(cli, tmp_path, precision):
     out = cli(*SYNTHETIC, "--precision", precision, "--out", str(tmp_path), "--json")
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
-    assert record["precision"] == record["config"]["precision"] == precision and record["test_acc"] > 0.5
+    assert record["config"]["precision"] == precision and record["test_acc"] > 0.5  # the flag as given
+    assert record["precision"] == runtime.pick_precision(precision, torch.device("cpu"))  # what it resolved to
 
 
 def test_a_checkpoint_resumes_only_in_the_precision_it_trained_in(cli, tmp_path):
@@ -119,6 +132,23 @@ def test_a_checkpoint_resumes_only_in_the_precision_it_trained_in(cli, tmp_path)
     assert again.returncode == 2
     assert "trained in fp32 and this process would go on in bf16: resume with --precision fp32" in again.stderr
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_a_run_from_before_the_precision_option_resumes_as_the_fp32_it_was_on_cpu(cli, tmp_path):
+    args = [*SYNTHETIC, "--epochs", "2", "--out", str(tmp_path)]
+    first = cli(*args, "--precision", "fp32", "--json")
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / json.loads(first.stdout)["run_id"]
+    record = json.loads((run_dir / "record.json").read_text())
+    del record["precision"]
+    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running"}))
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    del state["precision"]
+    torch.save(state, run_dir / "checkpoint.pt")
+    assert cli(*args, "--precision", "bf16", "--resume", str(run_dir)).returncode == 2
+    again = cli(*args, "--precision", "fp32", "--resume", str(run_dir), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["test_acc"] == json.loads(first.stdout)["test_acc"]
 
 
 def test_resume_starts_anew_where_the_unfinished_run_trained_in_another_precision(cli, tmp_path):
