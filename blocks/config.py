@@ -28,7 +28,8 @@ class MetaFormerConfig:
     norm: str = "layer"                  # block norm: layer | layer-nobias | batch | group1 | group1-nobias | none
     residual: bool = True                # skip connections around both branches; False: x = branch(norm(x))
     norm_eps: float = 1e-6               # eps of every norm
-    pos_embed: str = "none"              # none | learned | sincos (added after the stem, isotropic models only)
+    pos_embed: str = "none"              # none | learned | sincos, added after the stem (on the first stage's grid
+                                         # in a hierarchical model, as PVT's first stage)
     head: str = "avg"                    # avg: mean over the grid | token: a class token mixed with the grid, read out (ViT)
     head_norm: str = "post"              # pre: norm, pool (ViT, Mixer) | post: pool, norm (MetaFormer) | none
     head_norm_name: str | None = None    # norm type of the head norm, None = same as `norm`
@@ -79,8 +80,6 @@ def validate(cfg: MetaFormerConfig) -> None:
         value = getattr(cfg, name)
         if isinstance(value, (tuple, list)) and len(value) != n:
             raise ConfigError(f"{name} lists {len(value)} entries for {n} stages")
-    if cfg.pos_embed != "none" and n > 1:
-        raise ConfigError("a positional embedding needs the isotropic shape (one stage)")
     if cfg.head == "token" and (n > 1 or cfg.norm not in ("layer", "layer-nobias", "none")):
         raise ConfigError("a class token (head='token') needs one stage and a per-token norm (layer, layer-nobias, "
                           "none)")

@@ -133,6 +133,15 @@ def test_backbone_options(norm: str, pos_embed: str):
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("pos_embed", ["learned", "sincos"])
+def test_hierarchical_positional_embedding_sits_on_the_first_stage_grid(pos_embed: str):
+    """Attention in every stage of a hierarchical model is blind to positions inside a stage without one."""
+    model = blocks.create("tiny-hier", spatial="attention", pos_embed=pos_embed)
+    assert model.pos_embed.shape == (1, 14, 14, 32)  # 28 px / stem stride 2, first stage's width
+    model(torch.randn(2, 1, 28, 28)).sum().backward()
+    assert pos_embed == "sincos" or model.pos_embed.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("spatial", ["attention", "mlp", "random"])
 def test_class_token_head(spatial: str):
     model = blocks.create("tiny", spatial=spatial, head="token", head_norm="pre")
