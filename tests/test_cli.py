@@ -46,7 +46,8 @@ def test_run_json_writes_record(cli, tmp_path):
     record = json.loads(out.stdout)  # exactly one JSON document on stdout
     assert RECORD_KEYS <= set(record)
     documented = README.split("The run record has", 1)[1].split("Accuracies are fractions.", 1)[0]
-    assert {*record, *record["history"][0]} <= set(re.findall(r"[a-z_]+", documented))  # README lists every key
+    listed = {name.strip() for code in re.findall(r"`([^`]+)`", documented) for name in code.split(",")}
+    assert {*record, *record["history"][0]} <= listed  # the README lists every key
     assert record["params_frozen"] == 4 * 49 * 49
     assert 0 <= record["test_acc"] <= 1 and len(record["history"]) == 1
     saved = json.loads((tmp_path / record["run_id"] / "record.json").read_text())
@@ -113,7 +114,7 @@ def test_without_readable_cpu_flags_auto_is_fp32(monkeypatch):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
 def test_the_record_says_which_precision_trained(cli, tmp_path, precision):
-    out = cli(*SYNTHETIC, "--precision", precision, "--out", str(tmp_path), "--json")
+    out = cli(*SYNTHETIC, "--device", "cpu", "--precision", precision, "--out", str(tmp_path), "--json")
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert record["config"]["precision"] == precision and record["test_acc"] > 0.5  # the flag as given
@@ -134,19 +135,26 @@ def test_a_checkpoint_resumes_only_in_the_precision_it_trained_in(cli, tmp_path)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
 
 
-def test_a_run_from_before_the_precision_option_resumes_as_the_fp32_it_was_on_cpu(cli, tmp_path):
-    args = [*SYNTHETIC, "--epochs", "2", "--out", str(tmp_path)]
-    first = cli(*args, "--precision", "fp32", "--json")
+@pytest.mark.parametrize("trained_on, trained_in, other", [("cpu", "fp32", "bf16"), ("cuda:0", "bf16", "fp32")])
+def test_a_run_from_before_the_precision_option_resumes_in_the_precision_of_where_it_trained(
+        cli, tmp_path, trained_on, trained_in, other):
+    """Neither its record nor its checkpoint says: bf16 if it trained on CUDA (its record's device, its checkpoint's
+    CUDA random state), fp32 elsewhere; the two checks agree, so it resumes on another device too (here the CPU)."""
+    args = [*SYNTHETIC, "--epochs", "2", "--device", "cpu", "--out", str(tmp_path)]
+    first = cli(*args, "--precision", trained_in, "--json")
     assert first.returncode == 0, first.stderr
     run_dir = tmp_path / json.loads(first.stdout)["run_id"]
-    record = json.loads((run_dir / "record.json").read_text())
-    del record["precision"]
-    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running"}))
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    del state["precision"]
+    record = {k: v for k, v in json.loads((run_dir / "record.json").read_text()).items() if k != "precision"}
+    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running", "device": trained_on}))
+    state = {k: v for k, v in torch.load(run_dir / "checkpoint.pt", weights_only=False).items() if k != "precision"}
+    if trained_on != "cpu":
+        state["cuda_rng"] = torch.get_rng_state()  # stands in for a CUDA generator's state (not restored on CPU)
     torch.save(state, run_dir / "checkpoint.pt")
-    assert cli(*args, "--precision", "bf16", "--resume", str(run_dir)).returncode == 2
-    again = cli(*args, "--precision", "fp32", "--resume", str(run_dir), "--json")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    refused = cli(*args, "--precision", other, "--resume", str(run_dir))
+    assert refused.returncode == 2 and f"--resume {run_dir}: that run trained in {trained_in}" in refused.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    again = cli(*args, "--precision", trained_in, "--resume", str(run_dir), "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["test_acc"] == json.loads(first.stdout)["test_acc"]
 

@@ -93,7 +93,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--out", default=d.out, help="folder for run folders (record.json + checkpoint.pt)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
-                   help="continue the newest unfinished run of this config under --out, or RUN_DIR")
+                   help="continue the newest unfinished run of this config and precision under --out, or RUN_DIR")
     p.add_argument("--json", action="store_true", help="print the run record as one JSON document on stdout")
 
 

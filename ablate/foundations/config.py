@@ -71,7 +71,8 @@ class RunConfig:
 
     def key(self) -> str:
         """Identifies the experiment as it runs (recipe resolved): everything but where and on what it runs, and in
-        which precision (`auto` may differ between machines; a checkpoint's own precision is checked on resume)."""
+        which precision (`auto` may differ between machines; runs.identity adds the resolved precision where runs are
+        reused or resumed)."""
         fields = {k: v for k, v in dataclasses.asdict(resolve(self)).items()
                   if k not in ("device", "out", "data_dir", "compile", "precision")}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]

@@ -214,15 +214,16 @@ def finish(exp: Experiment, board: Board, cell: Cell, trial_id: int, out: Path, 
 
 
 def finished_run(cfg: RunConfig) -> dict | None:
-    """A finished run of exactly this config (runs.is_run_of: same seed, same values, same precision) among the
-    arm's cells: the cell's own, when its worker died before telling the storage, or the tuning run whose values won, which a final cell
-    on the tuning seed would only repeat (CPU runs repeat to the last digit)."""
+    """A finished run of exactly this config (runs.identity: same seed, same values, same precision) among the
+    arm's cells: the cell's own, when its worker died before telling the storage, or the tuning run whose values
+    won, which a final cell on the tuning seed would only repeat (CPU runs repeat to the last digit)."""
+    run = runs.identity(cfg)
     for path in sorted(Path(cfg.out).parent.glob("*/*/record.json")):
         try:
             doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if runs.is_run_of(doc, cfg) and doc.get("status") == "done":
+        if doc.get("status") == "done" and runs.is_run_of(doc, run):
             log(f"reusing the finished run {path.parent}")
             return doc
     return None

@@ -37,7 +37,8 @@ def run(cfg: RunConfig, resume: str | bool = False, quiet: bool = False, on_eval
         elif resume:
             run_dir = find_resumable(out, cfg)
             if run_dir is None:
-                print(f"no unfinished run of this config under {out}; starting a new one", file=sys.stderr)
+                print(f"no unfinished run of this config in {identity(cfg)[1]} under {out}; starting a new one",
+                      file=sys.stderr)
         if run_dir is not None:
             state = read_checkpoint(run_dir)
     try:
@@ -59,29 +60,32 @@ def trained_in(doc: dict) -> str:
     return doc.get("precision") or precision_before_option(doc.get("device", "cpu"))
 
 
-def is_run_of(doc: dict, cfg: RunConfig) -> bool:
-    """Whether a run record is of this config: the same key, and the precision this process would train it in (the
-    key leaves the precision out, as `auto` differs between machines, but a run is only reused or continued in its
-    own precision)."""
-    return doc.get("config_key") == cfg.key() and trained_in(doc) == pick_precision(cfg.precision,
-                                                                                    pick_device(cfg.device))
+def identity(cfg: RunConfig) -> tuple[str, str]:
+    """What makes two runs the same run: the config key and the precision this process trains in. The key leaves
+    the precision out (`auto` differs between machines), but a run is only reused or continued in its own."""
+    return cfg.key(), pick_precision(cfg.precision, pick_device(cfg.device))
+
+
+def is_run_of(doc: dict, run: tuple[str, str]) -> bool:
+    """Whether a run record is of this identity()."""
+    return (doc.get("config_key"), trained_in(doc)) == run
 
 
 def find_resumable(out: Path, cfg: RunConfig) -> Path | None:
-    """The newest run folder under `out` of this config (is_run_of) whose record is not finished."""
-    candidates = []
+    """The newest run folder under `out` of this config and precision whose record is not finished."""
+    candidates, run = [], identity(cfg)
     for record in out.glob("*/record.json"):
         try:
             doc = json.loads(record.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if is_run_of(doc, cfg) and doc.get("status") != "done" and (record.parent / "checkpoint.pt").exists():
+        if doc.get("status") != "done" and is_run_of(doc, run) and (record.parent / "checkpoint.pt").exists():
             candidates.append(record.parent)
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
-    """`--resume RUN_DIR`: a run folder with a checkpoint and a readable record of this same config."""
+    """`--resume RUN_DIR`: a run folder with a checkpoint and a readable record of this same config and precision."""
     if not (run_dir / "checkpoint.pt").exists():
         raise UsageError(f"--resume {run_dir}: no checkpoint.pt there")
     try:

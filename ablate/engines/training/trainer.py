@@ -126,7 +126,9 @@ class Trainer:
                 "rank_rng": distributed.gather(rng) if self.dist.active else None}
 
     def load_state(self, state: dict) -> None:
-        trained_in = state.get("precision") or precision_before_option(self.device.type)
+        # a checkpoint from before the option: where it trained (its CUDA random state) says which precision
+        trained_in = state.get("precision") or precision_before_option("cuda" if state.get("cuda_rng") is not None
+                                                                         else "cpu")
         if trained_in != self.precision:
             raise UsageError(f"the checkpoint was trained in {trained_in} and this process would go on in "
                              f"{self.precision}: resume with --precision {trained_in}")
