@@ -95,10 +95,10 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
                          f"as it was, start a new one without --resume") from None
     if doc.get("status") == "done":
         raise UsageError(f"--resume {run_dir}: that run has finished; its result is {run_dir / 'record.json'}")
-    if doc.get("config_key") != cfg.key():
+    key, precision = identity(cfg)
+    if doc.get("config_key") != key:
         raise UsageError(f"--resume {run_dir}: that run has another config (key {doc.get('config_key')}, this "
-                         f"command line's is {cfg.key()}); give the same flags as the run, or leave out --resume")
-    precision = pick_precision(cfg.precision, pick_device(cfg.device))
+                         f"command line's is {key}); give the same flags as the run, or leave out --resume")
     if trained_in(doc) != precision:
         raise UsageError(f"--resume {run_dir}: that run trained in {trained_in(doc)} and this process would go on in "
                          f"{precision}: resume with --precision {trained_in(doc)}")
