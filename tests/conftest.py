@@ -20,6 +20,23 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
+def interrupted_run(*args: str) -> tuple[dict, Path]:
+    """Runs `python -m ablate *args --json` to the end, then puts its record back to `running`, as if it was killed
+    after its last checkpoint; returns the record it printed and its run folder."""
+    first = run_cli(*args, "--json")
+    assert first.returncode == 0, first.stderr
+    printed = json.loads(first.stdout)
+    run_dir = Path(printed["run_dir"])
+    record = json.loads((run_dir / "record.json").read_text())
+    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running"}))
+    return printed, run_dir
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file of `folder` with its bytes: what a refused command must leave as it was."""
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
 @pytest.fixture
 def cli():
     return run_cli

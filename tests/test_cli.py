@@ -9,6 +9,7 @@ import torch
 import blocks
 from ablate.commands import main
 from ablate.foundations import runtime
+from conftest import files, interrupted_run
 
 RECORD_KEYS = {"spatial", "channel", "preset", "dataset", "train_size", "test_size", "seed", "epochs", "shuffle",
                "params", "macs", "test_acc", "test_loss", "train_time_s", "train_img_s", "infer_img_s", "device",
@@ -79,12 +80,7 @@ def test_fashion_mnist_end_to_end(cli, tmp_path, fashion_dir):
 
 
 def test_resume_continues_the_unfinished_run(cli, tmp_path):
-    first = cli(*SYNTHETIC, "--epochs", "2", "--out", str(tmp_path), "--json")
-    assert first.returncode == 0, first.stderr
-    run_dir = tmp_path / json.loads(first.stdout)["run_id"]
-    record = json.loads((run_dir / "record.json").read_text())
-    record["status"] = "running"  # as if killed after its last checkpoint
-    (run_dir / "record.json").write_text(json.dumps(record))
+    _, run_dir = interrupted_run(*SYNTHETIC, "--epochs", "2", "--out", str(tmp_path))
     again = cli(*SYNTHETIC, "--epochs", "2", "--out", str(tmp_path), "--json", "--resume")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["run_id"] == run_dir.name
@@ -123,16 +119,12 @@ def test_the_record_says_which_precision_trained(cli, tmp_path, precision):
 
 def test_a_checkpoint_resumes_only_in_the_precision_it_trained_in(cli, tmp_path):
     args = [*SYNTHETIC, "--epochs", "2", "--out", str(tmp_path)]
-    first = cli(*args, "--precision", "fp32", "--json")
-    assert first.returncode == 0, first.stderr
-    run_dir = tmp_path / json.loads(first.stdout)["run_id"]
-    record = json.loads((run_dir / "record.json").read_text())
-    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running"}))  # as if killed at the end
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    _, run_dir = interrupted_run(*args, "--precision", "fp32")
+    before = files(run_dir)
     again = cli(*args, "--precision", "bf16", "--resume", str(run_dir))
     assert again.returncode == 2
     assert "trained in fp32 and this process would go on in bf16: resume with --precision fp32" in again.stderr
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert files(run_dir) == before
 
 
 @pytest.mark.parametrize("trained_on, trained_in, other", [("cpu", "fp32", "bf16"), ("cuda:0", "bf16", "fp32")])
@@ -141,37 +133,31 @@ def test_a_run_from_before_the_precision_option_resumes_in_the_precision_of_wher
     """Neither its record nor its checkpoint says: bf16 if it trained on CUDA (its record's device, its checkpoint's
     CUDA random state), fp32 elsewhere; the two checks agree, so it resumes on another device too (here the CPU)."""
     args = [*SYNTHETIC, "--epochs", "2", "--device", "cpu", "--out", str(tmp_path)]
-    first = cli(*args, "--precision", trained_in, "--json")
-    assert first.returncode == 0, first.stderr
-    run_dir = tmp_path / json.loads(first.stdout)["run_id"]
+    first, run_dir = interrupted_run(*args, "--precision", trained_in)
     record = {k: v for k, v in json.loads((run_dir / "record.json").read_text()).items() if k != "precision"}
-    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running", "device": trained_on}))
+    (run_dir / "record.json").write_text(json.dumps({**record, "device": trained_on}))
     state = {k: v for k, v in torch.load(run_dir / "checkpoint.pt", weights_only=False).items() if k != "precision"}
     if trained_on != "cpu":
         state["cuda_rng"] = torch.get_rng_state()  # stands in for a CUDA generator's state (not restored on CPU)
     torch.save(state, run_dir / "checkpoint.pt")
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    before = files(run_dir)
     refused = cli(*args, "--precision", other, "--resume", str(run_dir))
     assert refused.returncode == 2 and f"--resume {run_dir}: that run trained in {trained_in}" in refused.stderr
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert files(run_dir) == before
     again = cli(*args, "--precision", trained_in, "--resume", str(run_dir), "--json")
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["test_acc"] == json.loads(first.stdout)["test_acc"]
+    assert json.loads(again.stdout)["test_acc"] == first["test_acc"]
 
 
 def test_resume_starts_anew_where_the_unfinished_run_trained_in_another_precision(cli, tmp_path):
-    args = [*SYNTHETIC, "--out", str(tmp_path), "--json"]
-    first = cli(*args, "--precision", "fp32")
-    assert first.returncode == 0, first.stderr
-    run_dir = tmp_path / json.loads(first.stdout)["run_id"]
-    record = json.loads((run_dir / "record.json").read_text())
-    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running"}))
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    again = cli(*args, "--precision", "bf16", "--resume")
+    args = [*SYNTHETIC, "--out", str(tmp_path)]
+    _, run_dir = interrupted_run(*args, "--precision", "fp32")
+    before = files(run_dir)
+    again = cli(*args, "--precision", "bf16", "--resume", "--json")
     assert again.returncode == 0, again.stderr
     assert "no unfinished run of this config" in again.stderr
     assert json.loads(again.stdout)["run_id"] != run_dir.name and json.loads(again.stdout)["precision"] == "bf16"
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert files(run_dir) == before
 
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_runs.json").read_text())

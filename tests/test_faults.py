@@ -14,7 +14,7 @@ from ablate.engines.training import runs, trainer
 from ablate.foundations.config import RunConfig
 from ablate.foundations.errors import RunFailed
 from ablate.foundations.io import UMASK, write_json
-from conftest import ROOT, run_cli, wait_for_first_epoch
+from conftest import ROOT, files, interrupted_run, run_cli, wait_for_first_epoch
 
 ARGS = ["--dataset", "synthetic", "--epochs", "3", "--batch-size", "50", "--train-size", "500", "--seed", "7"]
 
@@ -132,18 +132,14 @@ def test_study_with_two_workers_killed_twice_ends_with_every_cell_once(tmp_path)
 def test_damaged_run_folder_under_resume_exits_2_and_is_left_as_it_was(tmp_path, damage):
     args = ["--dataset", "synthetic", "--epochs", "2", "--batch-size", "100", "--train-size", "200",
             "--out", str(tmp_path)]
-    first = run_cli(*args, "--json")
-    assert first.returncode == 0, first.stderr
-    run_dir = tmp_path / json.loads(first.stdout)["run_id"]
-    record = json.loads((run_dir / "record.json").read_text())
-    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running"}))  # as if killed at the end
+    _, run_dir = interrupted_run(*args)
     target = run_dir / ("checkpoint.pt" if damage == "checkpoint" else "record.json")
     target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 3])  # a torn write from another tool
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    before = files(run_dir)
     again = run_cli(*args, "--resume", str(run_dir))
     assert again.returncode == 2, again.stderr
     assert "--resume" in again.stderr and target.name in again.stderr and "Traceback" not in again.stderr
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing touched
+    assert files(run_dir) == before  # nothing touched
     assert [p.name for p in tmp_path.iterdir()] == [run_dir.name]  # and no new run started
 
 
