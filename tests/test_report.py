@@ -13,13 +13,14 @@ import zlib
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from scipy import stats
 
 from ablate import commands as cli
-from ablate.engines.report import scaling
+from ablate.engines.report import figures, scaling
 from ablate.engines.report import stats as report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -252,6 +253,24 @@ def test_dominated_points():
     acc = np.array([0.90, 0.85, 0.80, 0.91])
     cost = np.array([2.0, 1.0, 1.5, 3.0])
     assert report.dominated(acc, cost).tolist() == [False, False, True, False]
+
+
+def test_pareto_of_two_axes_colours_mixers_and_marks_structures(tmp_path):
+    """Twelve arms of stem x mixer: the legend names 6 mixers and 2 stems, not 12 arms, and rings the front."""
+    mixers, stems = ["attention", "conv", "identity", "mlp", "pool", "random"], ["stem=conv", "stem=patch"]
+    arms = pd.DataFrame([{"arm": f"{s}, {m}", "model_options": s, "spatial": m, "macs": 1e7 + 1e5 * i + 5e4 * j,
+                          "test_acc_mean": 0.85 + 0.01 * i - 0.02 * j, "test_acc_sd": 0.002}
+                         for j, s in enumerate(stems) for i, m in enumerate(mixers)])
+    drawn = []
+    figs = figures.Figures(tmp_path, ["png"])
+    figs.save = lambda fig, name, title: drawn.append(fig)
+    figures.plot_pareto(figs, arms, ["model_options", "spatial"], "macs", False, "pareto_macs", "MACs per image")
+    ax = drawn[0].axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["spatial", *mixers, "model_options", *stems, "non-dominated", "Pareto front"]
+    ring = next(c for c in ax.collections if c.get_label() == "non-dominated")
+    assert len(ring.get_offsets()) == 6  # the conv-stem arms: each costs more and is more accurate than the last
+    assert ax.get_title() == "Accuracy vs MACs per image"
 
 
 def test_unknown_study_lists_the_studies(storage, tmp_path, capsys):

@@ -34,6 +34,11 @@ class Analysis:
         return [k for k in self.keys if k not in self.data_keys]
 
     @property
+    def choice_keys(self) -> list[str]:
+        """The model choices without the shuffle, a data condition: what names an arm in the arm table."""
+        return [k for k in self.model_keys if k != "shuffle"]
+
+    @property
     def maximize(self) -> bool:
         return self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
 
@@ -64,7 +69,7 @@ def analyse(study: optuna.Study, storage: str) -> Analysis:
     if "shuffle" in final and final.shuffle.nunique() > 1:
         largest = final if "train_size" not in final else final[final.train_size == final.train_size.max()]
         a.shuffle_frame = largest
-        a.shuffle_series = label(largest, [k for k in a.model_keys if k != "shuffle"], whole_arm=False)
+        a.shuffle_series = label(largest, a.choice_keys, whole_arm=False)
         summary["shuffle"] = shuffle_table(largest, a.shuffle_series)
     tuning(a)
     return a
@@ -82,7 +87,7 @@ def chosen_on(study: optuna.Study) -> str:
 
 def reference_arms(a: Analysis) -> pd.DataFrame:
     """One row per model choice, compared on equal terms: largest train size, no shuffle."""
-    return pd.DataFrame(arm_table(reference(a.final), [k for k in a.model_keys if k != "shuffle"]))
+    return pd.DataFrame(arm_table(reference(a.final), a.choice_keys))
 
 
 def tuning(a: Analysis) -> None:

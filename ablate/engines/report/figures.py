@@ -67,16 +67,24 @@ def plot_scaling(figs: Figures, final: pd.DataFrame, series: pd.Series, fits: li
     figs.save(fig, "scaling", "Accuracy vs training-set size")
 
 
-def plot_pareto(figs: Figures, arms: pd.DataFrame, cost: str, higher_better: bool, name: str, xlabel: str) -> None:
+def plot_pareto(figs: Figures, arms: pd.DataFrame, keys: list[str], cost: str, higher_better: bool, name: str,
+                xlabel: str) -> None:
+    """One point per arm: colour = spatial mixer (as in the curves), marker = the other axes' values, so a
+    two-axis study reads as mixers x structures rather than as one colour per arm."""
     fig, axes = new_figure()
     ax = axes[0, 0]
     acc, c = arms.test_acc_mean.to_numpy(), arms[cost].to_numpy(float)
     front = ~dominated(acc, -c if higher_better else c)
-    colors = palette(arms.arm)
-    for (_, row), on_front in zip(arms.iterrows(), front):
-        ax.errorbar(row[cost], row.test_acc_mean, yerr=0 if np.isnan(row.test_acc_sd) else row.test_acc_sd,
-                    fmt="*" if on_front else "o", ms=13 if on_front else 7, capsize=3, color=colors[row.arm],
-                    label=row.arm)
+    hue, style, styles = panels(arms, keys)
+    hue_name = hue_title(keys)
+    style_name = ", ".join(k for k in keys if k != hue_name) if len(styles) > 1 else None
+    data = pd.DataFrame({cost: c, "acc": acc, hue_name: hue.to_numpy(), style_name or "style": style.to_numpy()})
+    colors = palette(hue)
+    for x, y, sd, h in zip(c, acc, arms.test_acc_sd, hue):
+        ax.errorbar(x, y, yerr=0 if np.isnan(sd) else sd, fmt="none", capsize=3, color=colors[h])
+    sns.scatterplot(data=data, x=cost, y="acc", hue=hue_name, hue_order=list(colors), palette=colors, style=style_name,
+                    style_order=styles if style_name else None, s=60, zorder=3, ax=ax)
+    ax.scatter(c[front], acc[front], s=220, facecolors="none", edgecolors="k", lw=1.2, zorder=4, label="non-dominated")
     order = np.argsort(c[front])
     # the best accuracy reachable at a cost: from each front point on (cheaper is better) or up to it (faster)
     steps = "steps-pre" if higher_better else "steps-post"
@@ -84,7 +92,7 @@ def plot_pareto(figs: Figures, arms: pd.DataFrame, cost: str, higher_better: boo
     if c.max() / max(c.min(), 1e-12) > 10:
         ax.set_xscale("log")
     ax.xaxis.set_major_formatter(EngFormatter())  # 8 M, not 0.8 with a 1e7 offset
-    ax.set(xlabel=xlabel, ylabel="test accuracy", title=f"Accuracy vs {xlabel.split(' (')[0]} (★ = non-dominated)")
+    ax.set(xlabel=xlabel, ylabel="test accuracy (mean ± sd)", title=f"Accuracy vs {xlabel.split(' (')[0]}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     figs.save(fig, name, f"Accuracy vs {xlabel}")
 
@@ -105,6 +113,10 @@ def plot_shuffle(figs: Figures, final: pd.DataFrame, series: pd.Series) -> None:
            title="Shuffle robustness: mean ± sd over seeds (dots: seeds)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     figs.save(fig, "shuffle", "Accuracy per mixer and pixel shuffle")
+
+
+def hue_title(keys: list[str]) -> str:
+    return "spatial" if "spatial" in keys else ", ".join(keys) or "arm"
 
 
 def panels(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.Series, pd.Series, list[str]]:
@@ -191,7 +203,7 @@ class FigureSpec:
 
 
 def draw_pareto(cost: str, higher_better: bool, name: str, xlabel: str) -> Callable[[Analysis, Figures], None]:
-    return lambda a, figs: plot_pareto(figs, reference_arms(a), cost, higher_better, name, xlabel)
+    return lambda a, figs: plot_pareto(figs, reference_arms(a), a.choice_keys, cost, higher_better, name, xlabel)
 
 
 def pareto_applies(cost: str) -> Callable[[Analysis], bool]:
