@@ -15,12 +15,12 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from scipy import stats
 
 from ablate import commands as cli
-from ablate.engines.report import figures, scaling
+from ablate.engines.report import analysis, figures, scaling
 from ablate.engines.report import stats as report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -211,8 +211,41 @@ def test_tuning_summary_names_each_arms_best_trial(everything):
         tune = [t for t in study.trials if t.user_attrs.get("phase") == "tune" and t.state == TrialState.COMPLETE
                 and row["arm"].startswith(f"spatial={t.user_attrs['axes']['spatial']},")]
         best = max(tune, key=lambda t: t.value)
-        assert row["trials"] == 6 and row["best_trial"] == best.number
+        pruned = 1 if row["arm"].startswith("spatial=mlp,") else 0  # the fixture's one pruned tuning trial
+        assert row["trials"] == 6 + pruned and row["pruned"] == pruned and row["best_trial"] == best.number
         assert row["params"] == pytest.approx(best.params)
+
+
+@pytest.mark.parametrize("dist, value, edge", [
+    (CategoricalDistribution([1e-3, 3e-3]), 3e-3, "high"),
+    (CategoricalDistribution([1e-3, 3e-3, 1e-2]), 1e-3, "low"),
+    (CategoricalDistribution([1e-3, 3e-3, 1e-2]), 3e-3, None),
+    (CategoricalDistribution(["adamw", "sgd"]), "sgd", None),  # no order, no ends
+    (FloatDistribution(1e-4, 1e-2, log=True), 1.2e-4, "low"),  # inside the outer 5% of the log range
+    (FloatDistribution(1e-4, 1e-2, log=True), 1e-3, None),
+    (FloatDistribution(1e-4, 1e-2), 1.2e-4, "low"),
+    (FloatDistribution(1e-4, 1e-2), 9.8e-3, "high"),
+    (IntDistribution(1, 21), 2, "low"),
+])
+def test_a_chosen_value_on_an_end_of_its_range_is_flagged(dist, value, edge):
+    trial = create_trial(value=0.9, params={"p": value}, distributions={"p": dist})
+    assert analysis.range_edges(trial) == ({"p": edge} if edge else {})
+
+
+def test_report_says_when_the_range_does_not_bracket_the_optimum(storage, tmp_path, capsys):
+    study = optuna.create_study(study_name="edge", storage=storage, direction="maximize")
+    space = {"lr": CategoricalDistribution([1e-3, 3e-3])}
+    for spatial, best_lr in (("mlp", 1e-3), ("conv", 3e-3), ("attention", 3e-3)):
+        axes = {"spatial": spatial}
+        for lr in (1e-3, 3e-3):
+            rec = {**record(spatial, 4000, "none", 0, lr), "val_acc": 0.9 if lr == best_lr else 0.8}
+            study.add_trial(create_trial(value=rec["val_acc"], params={"lr": lr}, distributions=space,
+                                         user_attrs=attrs(axes, "tune", 0, rec, f"tune-{lr}")))
+        study.add_trial(final_trial(axes, record(spatial, 4000, "none", 0, best_lr)))
+    code, doc = run_report(storage, "edge", tmp_path / "r", capsys=capsys)
+    assert code == 0 and [r["at_edge"] for r in doc["tuning"]] == [{"lr": "high"}, {"lr": "high"}, {"lr": "low"}]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "lr at its high end for 2 of 3 arms, lr at its low end for 1 of 3 arms" in md
 
 
 def test_a_study_without_an_axis_gets_no_figure_for_it(storage, tmp_path, capsys):

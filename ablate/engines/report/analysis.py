@@ -101,9 +101,37 @@ def tuning(a: Analysis) -> None:
     trials = {t.number: t for t in a.study.get_trials(deepcopy=False)}
     for arm, g in complete.groupby("arm_label"):
         best = g.loc[g[value].idxmax() if a.maximize else g[value].idxmin()]
-        a.summary["tuning"].append({"arm": arm, "trials": len(g), "best_value": float(best[value]),
-                                    "best_trial": int(best.number), "params": trials[int(best.number)].params})
+        chosen = trials[int(best.number)]
+        a.summary["tuning"].append({"arm": arm, "trials": int((tune.arm_label == arm).sum()),
+                                    "pruned": int(((tune.arm_label == arm) & (tune.state == "PRUNED")).sum()),
+                                    "best_value": float(best[value]), "best_trial": int(best.number),
+                                    "params": chosen.params, "at_edge": range_edges(chosen)})
     a.importances, a.summary["importance_note"] = param_importances(a.study, trials, complete)
+
+
+def range_edges(trial: optuna.trial.FrozenTrial) -> dict[str, str]:
+    """The chosen numeric values that sit on an end of their search space ("low" or "high"): the range does not
+    bracket that arm's optimum, which may lie beyond it. A continuous range's end is its outer 5% (in log space
+    for a log range)."""
+    edges = {}
+    for name, dist in trial.distributions.items():
+        value = trial.params[name]
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            numbers = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            if len(numbers) < 2 or len(numbers) < len(dist.choices):
+                continue
+            low, high, margin = min(numbers), max(numbers), 0.0
+        elif isinstance(dist, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
+            scale = math.log if dist.log else (lambda v: v)
+            low, high, value = scale(dist.low), scale(dist.high), scale(value)
+            margin = 0.05 * (high - low)
+        else:
+            continue
+        if value <= low + margin:
+            edges[name] = "low"
+        elif value >= high - margin:
+            edges[name] = "high"
+    return edges
 
 
 def param_importances(study: optuna.Study, by_number: dict[int, optuna.trial.FrozenTrial],

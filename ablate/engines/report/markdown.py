@@ -2,6 +2,7 @@
 import io
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -91,12 +92,7 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
                            "—" if r["relative_change"] is None else percent_change(r["relative_change"])]
                           for r in s["shuffle"]]))
     if s["tuning"]:
-        parts.append(f"## Tuning\nEach arm's values were chosen on {s['chosen_on']}.\n\n" + markdown_table(
-            ["arm", "tuning trials", f"best {s['objectives'][0]}", "best params"],
-            [[r["arm"], r["trials"], fmt(r["best_value"]), ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
-                                                                     else f"{k}={v}" for k, v in r["params"].items())]
-             for r in s["tuning"]]) + (f"\n\nNo importance figure: {s['importance_note']}." if s["importance_note"]
-                                       else ""))
+        parts.append(tuning_section(s))
     if figs.made:
         parts.append("## Figures\n" + "\n\n".join(
             f"### {f['title']}\n" + (f"![{f['title']}]({f['name']}.{embed})" if embed else
@@ -192,3 +188,21 @@ def scaling_section(rows: list[dict]) -> str:
             "F(1, df) threshold of the noise). A parameter whose interval reaches the bound of its range is not "
             "identified by these data; 1 − c is printed only where c is identified.\n\n" +
             markdown_table(["series", "trials", "sizes", "lack of fit", "a", "b", "c", "1 − c"], table))
+
+
+def tuning_section(s: dict) -> str:
+    rows = [[r["arm"], f"{r['trials']} ({r['pruned']} pruned)" if r["pruned"] else r["trials"], fmt(r["best_value"]),
+             ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()),
+             ", ".join(f"{k}: {side}" for k, side in r["at_edge"].items()) or "—"] for r in s["tuning"]]
+    text = (f"## Tuning\nEach arm's values were chosen on {s['chosen_on']}.\n\n"
+            + markdown_table(["arm", "tuning trials", f"best {s['objectives'][0]}", "best params",
+                              "at an end of the searched range"], rows))
+    edges = Counter(f"{k} at its {side} end" for r in s["tuning"] for k, side in r["at_edge"].items())
+    if edges:
+        text += ("\n\n**The searched range does not bracket every optimum**: "
+                 + ", ".join(f"{what} for {n} of {len(s['tuning'])} arms" for what, n in sorted(edges.items()))
+                 + ". Such an arm's best value may lie beyond the range, so its comparison with the others is at the "
+                 "range's value, not at its own optimum.")
+    if s["importance_note"]:
+        text += f"\n\nNo importance figure: {s['importance_note']}."
+    return text
