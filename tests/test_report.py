@@ -127,7 +127,7 @@ def test_full_study_gives_every_figure_table_and_csv(everything):
     study, out, doc = everything
     names = {f["name"] for f in doc["figures"]}
     assert names == {"scaling", "pareto_macs", "pareto_throughput", "shuffle", "curves", "tuning_history",
-                     "importances"}
+                     "tuning_slice", "importances"}
     for name in names:
         for fmt in ("png", "svg"):
             assert (out / f"{name}.{fmt}").stat().st_size > 5000, f"{name}.{fmt}"
@@ -232,13 +232,17 @@ def test_a_chosen_value_on_an_end_of_its_range_is_flagged(dist, value, edge):
     assert analysis.range_edges(trial) == ({"p": edge} if edge else {})
 
 
-def test_report_says_when_the_range_does_not_bracket_the_optimum(storage, tmp_path, capsys):
+def test_report_says_when_the_range_does_not_bracket_the_optimum(storage, tmp_path, capsys, monkeypatch):
+    """...and draws each arm's tuning trials against lr, the one tuned value (a record's `params_frozen` is not)."""
+    drawn = {}
+    monkeypatch.setattr(figures.Figures, "save", lambda self, fig, name, title: drawn.setdefault(name, fig))
     study = optuna.create_study(study_name="edge", storage=storage, direction="maximize")
     space = {"lr": CategoricalDistribution([1e-3, 3e-3])}
-    for spatial, best_lr in (("mlp", 1e-3), ("conv", 3e-3), ("attention", 3e-3)):
+    for frozen, (spatial, best_lr) in enumerate((("mlp", 1e-3), ("conv", 3e-3), ("attention", 3e-3))):
         axes = {"spatial": spatial}
         for lr in (1e-3, 3e-3):
-            rec = {**record(spatial, 4000, "none", 0, lr), "val_acc": 0.9 if lr == best_lr else 0.8}
+            rec = {**record(spatial, 4000, "none", 0, lr), "val_acc": 0.9 if lr == best_lr else 0.8,
+                   "params_frozen": frozen}
             study.add_trial(create_trial(value=rec["val_acc"], params={"lr": lr}, distributions=space,
                                          user_attrs=attrs(axes, "tune", 0, rec, f"tune-{lr}")))
         study.add_trial(final_trial(axes, record(spatial, 4000, "none", 0, best_lr)))
@@ -246,6 +250,9 @@ def test_report_says_when_the_range_does_not_bracket_the_optimum(storage, tmp_pa
     assert code == 0 and [r["at_edge"] for r in doc["tuning"]] == [{"lr": "high"}, {"lr": "high"}, {"lr": "low"}]
     md = (tmp_path / "r" / "report.md").read_text()
     assert "lr at its high end for 2 of 3 arms, lr at its low end for 1 of 3 arms" in md
+    assert [ax.get_xlabel() for ax in drawn["tuning_slice"].axes] == ["lr"]
+    lines = {line.get_label(): line.get_xydata().tolist() for line in drawn["tuning_slice"].axes[0].lines}
+    assert lines["mlp"] == [[1e-3, 0.9], [3e-3, 0.8]] and lines["conv"] == [[1e-3, 0.8], [3e-3, 0.9]]
 
 
 def test_a_study_without_an_axis_gets_no_figure_for_it(storage, tmp_path, capsys):

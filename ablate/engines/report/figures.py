@@ -182,6 +182,40 @@ def plot_tuning_history(figs: Figures, tune: pd.DataFrame, keys: list[str], valu
     figs.save(fig, "tuning_history", "Optimization history of the tuning phase")
 
 
+def tuned_numbers(a: Analysis) -> list[str]:
+    """The tuning frame's columns of the tuned parameters that are numbers and took more than one value (the
+    record's `params` and `params_frozen` columns are counts, not tuned)."""
+    names = sorted({name for row in a.summary["tuning"] for name in row["params"]})
+    columns = [f"params_{name}" for name in names if f"params_{name}" in a.tune]
+    return [c for c in columns if pd.api.types.is_numeric_dtype(a.tune[c]) and a.tune[c].nunique() > 1]
+
+
+def plot_tuning_slice(figs: Figures, tune: pd.DataFrame, columns: list[str], keys: list[str], value: str,
+                      name: str, maximize: bool) -> None:
+    """optuna's slice plot per arm: each tuning trial's value against each tuned number (x = pruned). Where an arm
+    tried few values (a grid), a line joins its best per value, so a best on an end of the range shows as a line
+    still climbing there."""
+    hue, col, names = panels(tune, keys)
+    colors = palette(hue)
+    fig, axes = new_figure(len(columns), len(names), width=5.0, height=3.6)
+    for row, column in zip(axes, columns):
+        for ax, panel in zip(row, names):
+            for arm, g in tune[col == panel].groupby(hue[col == panel]):
+                done = g[g.state == "COMPLETE"]
+                pruned = g[g.state == "PRUNED"]
+                ax.scatter(pruned[column], pruned[value], color=colors[arm], s=24, marker="x")
+                best = done.groupby(column)[value].max() if maximize else done.groupby(column)[value].min()
+                style = {"marker": "o", "ms": 4} | ({"lw": 1.2} if len(best) <= 10 else {"lw": 0})
+                ax.plot(best.index, best.to_numpy(), color=colors[arm], label=arm, **style)
+            values = tune[column]
+            if values.min() > 0 and values.max() / values.min() >= 3:
+                ax.set_xscale("log")
+            ax.set(title=panel or None, xlabel=column.removeprefix("params_"), ylabel=name)
+            ax.legend(title=None, fontsize="small")
+    fig.suptitle("Tuning: each arm's trials against each tuned value (x = pruned, its last reported value)")
+    figs.save(fig, "tuning_slice", "Tuning trials against the tuned values")
+
+
 def plot_importances(figs: Figures, importances: pd.DataFrame) -> None:
     table = importances.pivot(index="arm", columns="param", values="importance")
     table = table.loc[sorted(table.index, key=natural)]
@@ -228,5 +262,8 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("tuning_history", lambda a: a.tune is not None,
                lambda a, figs: plot_tuning_history(figs, a.tune, a.keys, value_names(a.study)[0],
                                                    a.summary["objectives"][0], a.maximize)),
+    FigureSpec("tuning_slice", lambda a: a.tune is not None and len(tuned_numbers(a)) > 0,
+               lambda a, figs: plot_tuning_slice(figs, a.tune, tuned_numbers(a), a.keys, value_names(a.study)[0],
+                                                 a.summary["objectives"][0], a.maximize)),
     FigureSpec("importances", lambda a: len(a.importances) > 0, lambda a, figs: plot_importances(figs, a.importances)),
 ]
