@@ -192,6 +192,30 @@ def test_fit_power_law_on_exact_data():
     assert (a, b, c) == pytest.approx((5.0, 0.5, 0.07), rel=1e-3)
 
 
+def test_report_says_which_arms_were_still_learning(everything, storage, tmp_path, capsys):
+    """The fixture's curves rise to the last epoch in every run; a study whose curves peak earlier is not flagged."""
+    _, out, doc = everything
+    assert len(doc["convergence"]) == len(doc["arms"])
+    for row in doc["convergence"]:
+        assert row["metric"] == "test_acc" and row["interval"] == [[EPOCHS - 1, EPOCHS]]
+        assert row["last_gain_mean"] == pytest.approx(0.1) and row["peaked_last"] == row["n"]
+        assert row["peak_epochs"] == [EPOCHS] * row["n"]
+    assert f"**{len(doc['arms'])} of {len(doc['arms'])} arms peaked at the last evaluation" in (
+        out / "report.md").read_text()
+    study = optuna.create_study(study_name="peaked", storage=storage, direction="maximize")
+    for spatial in ("mlp", "conv"):
+        for seed in (0, 1):
+            rec = record(spatial, 4000, "none", seed)
+            rec["history"] = [{"epoch": e, "val_acc": v, "test_acc": None}
+                              for e, v in ((2, 0.80), (4, 0.90), (6, 0.89))]
+            study.add_trial(final_trial({"spatial": spatial}, rec))
+    code, peaked = run_report(storage, "peaked", tmp_path / "r", capsys=capsys)
+    assert code == 0 and [r["arm"] for r in peaked["convergence"]] == ["conv", "mlp"]
+    assert all(r["peaked_last"] == 0 and r["last_gain_mean"] == pytest.approx(-0.01) and r["peak_epochs"] == [4, 4]
+               for r in peaked["convergence"])
+    assert "peaked at the last evaluation" not in (tmp_path / "r" / "report.md").read_text()
+
+
 def test_shuffle_table_gives_relative_change(everything):
     doc = everything[2]
     rows = {(r["series"], r["shuffle"]): r for r in doc["shuffle"]}

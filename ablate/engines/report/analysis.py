@@ -11,7 +11,7 @@ from .frame import (arm_keys, data_axis, final_trials, hashable, in_final, label
                     trials_frame, unique, value_names)
 from .compare import anova, pairwise
 from .scaling import scaling_fits
-from .tables import arm_table, budget, shuffle_table
+from .tables import arm_table, budget, convergence_table, shuffle_table
 
 
 @dataclass
@@ -63,6 +63,7 @@ def analyse(study: optuna.Study, storage: str) -> Analysis:
     a = Analysis(study, frame, final, keys, data_axis(final, keys), summary)
     summary["pairwise"] = pairwise(final, keys, a.model_keys)
     summary["anova"] = anova(final, a.model_keys + a.data_keys[:1])
+    summary["convergence"] = convergence_table(final, keys) if len(final) else []
     if "train_size" in final and final.train_size.nunique() >= 3:
         a.scaling_series = label(final, a.model_keys, whole_arm=False)
         summary["power_law"] = scaling_fits(final, a.scaling_series)

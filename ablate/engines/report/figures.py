@@ -12,7 +12,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator
 
 from ...foundations.io import atomic_write
 from .analysis import Analysis, reference_arms
-from .frame import label, natural, sort_key, value_names
+from .frame import curve_metric, label, natural, sort_key, value_names
 from .scaling import power_law
 from .stats import dominated
 
@@ -134,13 +134,6 @@ def panel_figure(names: list[str]):
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
     return fig, list(zip(axes.flat, names))
-
-
-def curve_metric(final: pd.DataFrame) -> str:
-    """The accuracy every evaluation has: validation where the runs held a split out (the test set is then looked
-    at once, at the end), else test."""
-    every = all(e.get("val_acc") is not None for hist in final.history for e in hist)
-    return "val_acc" if every else "test_acc"
 
 
 def plot_curves(figs: Figures, final: pd.DataFrame, keys: list[str]) -> None:

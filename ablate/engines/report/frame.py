@@ -139,6 +139,13 @@ def label(frame: pd.DataFrame, keys: list[str], whole_arm: bool = True) -> pd.Se
     return frame[keys].apply(lambda r: ", ".join(f"{k}={r[k]}" for k in keys), axis=1)
 
 
+def curve_metric(final: pd.DataFrame) -> str:
+    """The accuracy every evaluation has: validation where the runs held a split out (the test set is then looked
+    at once, at the end), else test."""
+    every = all(e.get("val_acc") is not None for hist in final.history for e in hist)
+    return "val_acc" if every else "test_acc"
+
+
 def natural(text: str):
     """Sort key that orders 'train_size=1000' before 'train_size=60000'."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]

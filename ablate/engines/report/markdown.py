@@ -78,6 +78,8 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
                           + [a["failed"]] * failed for a in s["arms"]]))
     else:
         parts.append("## Arms\nNo complete final trials yet.")
+    if s["convergence"]:
+        parts.append(convergence_section(s["convergence"]))
     if s["pairwise"]:
         parts.append(pairwise_section(s["pairwise"]))
     if s["anova"]:
@@ -205,4 +207,21 @@ def tuning_section(s: dict) -> str:
                  "range's value, not at its own optimum.")
     if s["importance_note"]:
         text += f"\n\nNo importance figure: {s['importance_note']}."
+    return text
+
+
+def convergence_section(rows: list[dict]) -> str:
+    metric = rows[0]["metric"]
+    spans = sorted({tuple(i) for r in rows for i in r["interval"]})
+    span = ", ".join(f"epoch {a:g} to {b:g}" for a, b in spans)
+    still = [r for r in rows if r["peaked_last"] == r["n"] and r["last_gain_mean"] > 0]
+    text = (f"## Still learning at the end?\nPer arm, the change of {metric} over the last evaluation interval "
+            f"({span}), mean ± sd over seeds, and the epoch at which each seed's {metric} peaked.\n\n"
+            + markdown_table(["arm", "n", f"last change of {metric}", "peak epochs"],
+                             [[r["arm"], r["n"], f"{fmt(r['last_gain_mean'], '+.4f')} ± {fmt(r['last_gain_sd'])}",
+                               ", ".join(f"{e:g}" for e in r["peak_epochs"])] for r in rows]))
+    if still:
+        text += (f"\n\n**{len(still)} of {len(rows)} arms peaked at the last evaluation in every seed**: the "
+                 "budget stopped them while they still learned, so the comparison is at this budget, not at "
+                 "convergence.")
     return text

@@ -3,7 +3,7 @@ import math
 
 import pandas as pd
 
-from .frame import label, natural, sort_key, unique
+from .frame import curve_metric, label, natural, sort_key, unique
 from .stats import mean_ci
 
 
@@ -23,6 +23,24 @@ def arm_table(final: pd.DataFrame, keys: list[str], failed: pd.DataFrame | None 
                                    "test_acc_mean": math.nan, "test_acc_sd": math.nan,
                                    "test_acc_ci95": [math.nan, math.nan]})["failed"] = len(g)
     return sorted(rows.values(), key=lambda r: [sort_key(k, r[k]) for k in keys] + [r["arm"]])
+
+
+def convergence_table(final: pd.DataFrame, keys: list[str]) -> list[dict]:
+    """Per arm with >= 2 evaluations: the curve metric's change over the last evaluation interval (mean, sd over
+    seeds) and the epoch at which each seed peaked. An arm still rising at the end is ranked at this budget, not at
+    convergence."""
+    metric, rows = curve_metric(final), []
+    for name, g in sorted(final.groupby(label(final, keys)), key=lambda kv: natural(kv[0])):
+        runs = [[e for e in hist if e.get(metric) is not None] for hist in g.history]
+        runs = [evals for evals in runs if len(evals) >= 2]
+        if not runs:
+            continue
+        gain = mean_ci([evals[-1][metric] - evals[-2][metric] for evals in runs])
+        rows.append({"arm": name, "metric": metric, "n": len(runs), "last_gain_mean": gain["mean"],
+                     "last_gain_sd": gain["sd"], "interval": sorted({(e[-2]["epoch"], e[-1]["epoch"]) for e in runs}),
+                     "peak_epochs": [max(evals, key=lambda e: e[metric])["epoch"] for evals in runs],
+                     "peaked_last": sum(max(evals, key=lambda e: e[metric]) is evals[-1] for evals in runs)})
+    return rows
 
 
 def shuffle_table(final: pd.DataFrame, series: pd.Series) -> list[dict]:
