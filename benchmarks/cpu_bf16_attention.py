@@ -1,6 +1,7 @@
 """Where the spelled-out CPU bf16 attention (blocks/spatial/attention.py) scales its scores: in bf16 before the
-softmax's cast to fp32 (as it does), or in fp32 after it. Prints each variant's mean error against fp32 SDPA on the
-same bf16 inputs, and its forward + backward time on one thread (min of 15 rounds, the variants interleaved).
+softmax's cast to fp32 (as it does), or in fp32 after it. Prints each variant's mean and largest error against fp32
+SDPA on the same bf16 inputs, and its forward + backward time on one thread (min of 15 rounds, the variants
+interleaved).
 
     python benchmarks/cpu_bf16_attention.py
 """
@@ -39,8 +40,9 @@ def main() -> None:
             best[name] = min(best[name], fwd_bwd_ms(attend, inputs))
     for name, attend in variants.items():
         with torch.no_grad():
-            error = (attend(*inputs).float() - exact).abs().mean().item()
-        print(f"{name}: mean abs error {error:.4f}, forward + backward {best[name]:.2f} ms")
+            error = (attend(*inputs).float() - exact).abs()
+        print(f"{name}: abs error mean {error.mean().item():.4f}, max {error.max().item():.4f}; "
+              f"forward + backward {best[name]:.2f} ms")
 
 
 if __name__ == "__main__":

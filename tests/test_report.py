@@ -200,20 +200,26 @@ def test_report_says_which_arms_were_still_learning(everything, storage, tmp_pat
         assert row["metric"] == "test_acc" and row["interval"] == [[EPOCHS - 1, EPOCHS]]
         assert row["last_gain_mean"] == pytest.approx(0.1) and row["peaked_last"] == row["n"]
         assert row["peak_epochs"] == [EPOCHS] * row["n"]
-    assert f"**{len(doc['arms'])} of {len(doc['arms'])} arms peaked at the last evaluation" in (
+    assert f"**{len(doc['arms'])} of {len(doc['arms'])} arms were still rising at the last evaluation" in (
         out / "report.md").read_text()
     study = optuna.create_study(study_name="peaked", storage=storage, direction="maximize")
-    for spatial in ("mlp", "conv"):
-        for seed in (0, 1):
-            rec = record(spatial, 4000, "none", seed)
-            rec["history"] = [{"epoch": e, "val_acc": v, "test_acc": None}
-                              for e, v in ((2, 0.80), (4, 0.90), (6, 0.89))]
+    curves = {"mlp": [((2, 0.80), (4, 0.90), (6, 0.89))] * 2, "conv": [((2, 0.80), (4, 0.90), (6, 0.89))] * 2,
+              "attention": [((2, 0.80), (4, 0.85), (6, 0.89))],  # rising, but one seed says nothing
+              "pool": [((6, 0.88),)] * 2}  # one evaluation: no last interval
+    for spatial, runs in curves.items():
+        for seed, curve in enumerate(runs):
+            rec = {**record("mlp", 4000, "none", seed), "spatial": spatial}
+            rec["history"] = [{"epoch": e, "val_acc": v, "test_acc": None} for e, v in curve]
             study.add_trial(final_trial({"spatial": spatial}, rec))
     code, peaked = run_report(storage, "peaked", tmp_path / "r", capsys=capsys)
-    assert code == 0 and [r["arm"] for r in peaked["convergence"]] == ["conv", "mlp"]
-    assert all(r["peaked_last"] == 0 and r["last_gain_mean"] == pytest.approx(-0.01) and r["peak_epochs"] == [4, 4]
-               for r in peaked["convergence"])
-    assert "peaked at the last evaluation" not in (tmp_path / "r" / "report.md").read_text()
+    rows = {r["arm"]: r for r in peaked["convergence"]}
+    assert code == 0 and set(rows) == set(curves) and rows["pool"]["n"] == 0
+    assert all(rows[a]["peaked_last"] == 0 and rows[a]["last_gain_mean"] == pytest.approx(-0.01)
+               and rows[a]["peak_epochs"] == [4, 4] for a in ("mlp", "conv"))
+    assert rows["attention"]["peaked_last"] == rows["attention"]["n"] == 1
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "still rising at the last evaluation" not in md
+    assert "Left out, fewer than 2 evaluations of val_acc in every run: pool." in md
 
 
 def test_shuffle_table_gives_relative_change(everything):
@@ -241,7 +247,7 @@ def test_tuning_summary_names_each_arms_best_trial(everything):
 
 
 @pytest.mark.parametrize("dist, value, edge", [
-    (CategoricalDistribution([1e-3, 3e-3]), 3e-3, "high"),
+    (CategoricalDistribution([1e-3, 3e-3]), 3e-3, None),  # two values: both are ends, said once, not per arm
     (CategoricalDistribution([1e-3, 3e-3, 1e-2]), 1e-3, "low"),
     (CategoricalDistribution([1e-3, 3e-3, 1e-2]), 3e-3, None),
     (CategoricalDistribution(["adamw", "sgd"]), "sgd", None),  # no order, no ends
@@ -256,27 +262,74 @@ def test_a_chosen_value_on_an_end_of_its_range_is_flagged(dist, value, edge):
     assert analysis.range_edges(trial) == ({"p": edge} if edge else {})
 
 
+def tuning_study(storage: str, name: str, space: dict, tried: dict, best: dict, failed: dict | None = None):
+    """Per arm (a spatial mixer), a tuning trial per tried lr (val_acc 0.9 at the arm's best, 0.8 elsewhere; a
+    best of None prunes every trial), failed (diverged) trials at the lrs in `failed`, and one final run."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    for frozen, spatial in enumerate(tried):
+        axes = {"spatial": spatial}
+        for lr in tried[spatial]:
+            rec = {**record(spatial, 4000, "none", 0, lr), "val_acc": 0.9 if lr == best[spatial] else 0.8,
+                   "params_frozen": frozen}
+            state = TrialState.COMPLETE if best[spatial] is not None else TrialState.PRUNED
+            study.add_trial(create_trial(state=state, value=rec["val_acc"] if state == TrialState.COMPLETE else None,
+                                         params={"lr": lr}, distributions=space, intermediate_values={4: 0.5},
+                                         user_attrs=attrs(axes, "tune", 0, rec, f"tune-{lr}")))
+        for lr in (failed or {}).get(spatial, []):
+            study.add_trial(create_trial(state=TrialState.FAIL, params={"lr": lr}, distributions=space,
+                                         user_attrs={**attrs(axes, "tune", 0, cell=f"tune-{lr}"), "error": "diverged"}))
+        study.add_trial(final_trial(axes, record(spatial, 4000, "none", 0, best[spatial] or 2e-3)))
+
+
 def test_report_says_when_the_range_does_not_bracket_the_optimum(storage, tmp_path, capsys, monkeypatch):
     """...and draws each arm's tuning trials against lr, the one tuned value (a record's `params_frozen` is not)."""
     drawn = {}
     monkeypatch.setattr(figures.Figures, "save", lambda self, fig, name, title: drawn.setdefault(name, fig))
-    study = optuna.create_study(study_name="edge", storage=storage, direction="maximize")
-    space = {"lr": CategoricalDistribution([1e-3, 3e-3])}
-    for frozen, (spatial, best_lr) in enumerate((("mlp", 1e-3), ("conv", 3e-3), ("attention", 3e-3))):
-        axes = {"spatial": spatial}
-        for lr in (1e-3, 3e-3):
-            rec = {**record(spatial, 4000, "none", 0, lr), "val_acc": 0.9 if lr == best_lr else 0.8,
-                   "params_frozen": frozen}
-            study.add_trial(create_trial(value=rec["val_acc"], params={"lr": lr}, distributions=space,
-                                         user_attrs=attrs(axes, "tune", 0, rec, f"tune-{lr}")))
-        study.add_trial(final_trial(axes, record(spatial, 4000, "none", 0, best_lr)))
+    grid = (1e-3, 3e-3, 1e-2)
+    tuning_study(storage, "edge", {"lr": CategoricalDistribution(grid)}, dict.fromkeys(LAW, grid),
+                 {"mlp": 1e-3, "conv": 1e-2, "attention": 3e-3})
     code, doc = run_report(storage, "edge", tmp_path / "r", capsys=capsys)
-    assert code == 0 and [r["at_edge"] for r in doc["tuning"]] == [{"lr": "high"}, {"lr": "high"}, {"lr": "low"}]
+    assert code == 0 and [r["at_edge"] for r in doc["tuning"]] == [{}, {"lr": "high"}, {"lr": "low"}]
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "lr at its high end for 2 of 3 arms, lr at its low end for 1 of 3 arms" in md
+    assert "lr at its high end for 1 of 3 arms, lr at its low end for 1 of 3 arms" in md
+    assert "at an end of the searched range |" in md and "took two values" not in md
     assert [ax.get_xlabel() for ax in drawn["tuning_slice"].axes] == ["lr"]
     lines = {line.get_label(): line.get_xydata().tolist() for line in drawn["tuning_slice"].axes[0].lines}
-    assert lines["mlp"] == [[1e-3, 0.9], [3e-3, 0.8]] and lines["conv"] == [[1e-3, 0.8], [3e-3, 0.9]]
+    assert lines["mlp"] == [[1e-3, 0.9], [3e-3, 0.8], [1e-2, 0.8]] and lines["conv"][-1] == [1e-2, 0.9]
+
+
+def test_a_two_value_grid_an_all_pruned_arm_and_a_diverged_trial(storage, tmp_path, capsys):
+    """Two values flag no end (both are ends) but say so once; an arm with no complete tuning trial keeps its row;
+    a diverged tuning trial is counted."""
+    two = (1e-3, 3e-3)
+    tuning_study(storage, "two", {"lr": CategoricalDistribution(two)}, {"mlp": two, "conv": two, "attention": (3e-3,)},
+                 {"mlp": 1e-3, "conv": None, "attention": 3e-3}, failed={"attention": [1e-3]})
+    code, doc = run_report(storage, "two", tmp_path / "r", capsys=capsys)
+    rows = {r["arm"]: r for r in doc["tuning"]}
+    assert code == 0 and all(r["at_edge"] == {} for r in rows.values()) and doc["two_value_grids"] == ["lr"]
+    assert rows["conv"]["pruned"] == 2 and rows["conv"]["params"] == {} and rows["conv"]["best_trial"] is None
+    assert rows["attention"]["trials"] == 2 and rows["attention"]["failed"] == 1
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "`lr` took two values, which bracket no optimum" in md and "at an end of the searched range" not in md
+    assert "| conv | 2 (2 pruned) | — | none complete: the finals ran the [run] values |" in md
+    assert "| attention | 2 (1 failed) | 0.9000 | lr=0.003 |" in md
+
+
+def test_a_continuous_space_gets_points_and_no_line(everything):
+    """The fixture tunes lr (log) and weight_decay (linear) with TPE-like draws: a line through them would read as a
+    response curve."""
+    _, out, doc = everything
+    assert "tuning_slice" in {f["name"] for f in doc["figures"]}
+    space = {"params_lr": FloatDistribution(1e-4, 1e-2, log=True), "params_weight_decay": FloatDistribution(0, 0.1)}
+    drawn = []
+    figs = figures.Figures(out, ["png"])
+    figs.save = lambda fig, name, title: drawn.append(fig)
+    tune = pd.DataFrame({"spatial": ["mlp"] * 3, "state": ["COMPLETE"] * 3, "value": [0.8, 0.9, 0.85],
+                         "params_lr": [1e-4, 1e-3, 1e-2], "params_weight_decay": [0.0, 0.05, 0.1]})
+    figures.plot_tuning_slice(figs, tune, space, ["spatial"], "value", "val_acc", True)
+    lr_ax, wd_ax = drawn[0].axes
+    assert lr_ax.get_xscale() == "log" and wd_ax.get_xscale() == "linear"
+    assert all(line.get_linewidth() == 0 for ax in (lr_ax, wd_ax) for line in ax.lines)
 
 
 def test_a_study_without_an_axis_gets_no_figure_for_it(storage, tmp_path, capsys):

@@ -35,7 +35,8 @@ class Analysis:
 
     @property
     def choice_keys(self) -> list[str]:
-        """The model choices without the shuffle, a data condition: what names an arm in the arm table."""
+        """The model choices without the shuffle, a data condition: what names an arm where arms are compared on
+        equal terms (the Pareto figures) and a series across shuffles."""
         return [k for k in self.model_keys if k != "shuffle"]
 
     @property
@@ -48,8 +49,7 @@ def analyse(study: optuna.Study, storage: str) -> Analysis:
     keys = arm_keys(frame, study)
     frame["arm_label"] = label(frame, keys)
     final = final_trials(frame)
-    errored = frame.error.notna() if "error" in frame else pd.Series(False, index=frame.index)
-    failed = frame[(frame.state == "FAIL") & in_final(frame) & errored]  # diverged or crashed: a result
+    failed = frame[(frame.state == "FAIL") & in_final(frame) & errored(frame)]  # diverged or crashed: a result
     lost = frame.lost_claim.eq(True).sum() if "lost_claim" in frame else 0
     summary = {
         "study": study.study_name, "storage": masked(storage),
@@ -57,7 +57,8 @@ def analyse(study: optuna.Study, storage: str) -> Analysis:
         "n_trials": len(frame), "trials": frame.state.value_counts().sort_index().to_dict(), "lost_claims": int(lost),
         "phases": frame.phase.dropna().value_counts().sort_index().to_dict(),
         "n_final": len(final), "axes": keys, "seeds": unique(final, "seed"), "budget": budget(frame, final),
-        "arms": arm_table(final, keys, failed), "power_law": [], "shuffle": [], "tuning": [], "importance_note": None,
+        "arms": arm_table(final, keys, failed), "power_law": [], "shuffle": [], "tuning": [], "two_value_grids": [],
+        "importance_note": None,
         "chosen_on": chosen_on(study), "label": study.user_attrs.get("label"),
     }
     a = Analysis(study, frame, final, keys, data_axis(final, keys), summary)
@@ -76,6 +77,11 @@ def analyse(study: optuna.Study, storage: str) -> Analysis:
     return a
 
 
+def errored(frame: pd.DataFrame) -> pd.Series:
+    """Trials whose run diverged or crashed (a result), not those lost to a killed worker (retried)."""
+    return frame.error.notna() if "error" in frame else pd.Series(False, index=frame.index)
+
+
 def chosen_on(study: optuna.Study) -> str:
     """What the study's objective chose with (tuning values, pruning, the best arm), said plainly."""
     names, directions = objective_names(study), [d.name.lower() for d in study.directions]
@@ -92,34 +98,46 @@ def reference_arms(a: Analysis) -> pd.DataFrame:
 
 
 def tuning(a: Analysis) -> None:
-    """Each arm's best tuning trial and the parameter importances."""
-    tune = a.frame[a.frame.state.isin(["COMPLETE", "PRUNED"]) & (a.frame.phase == "tune")]
-    complete = tune[tune.state == "COMPLETE"]
+    """Each arm's tuning trials (pruned and failed ones counted), its best, and the parameter importances."""
+    in_tuning = a.frame.phase == "tune"
+    tune = a.frame[a.frame.state.isin(["COMPLETE", "PRUNED"]) & in_tuning]
+    failed = a.frame[(a.frame.state == "FAIL") & in_tuning & errored(a.frame)]  # diverged or crashed
     value = value_names(a.study)[0]
-    if complete.empty or value not in tune:
+    if (tune.empty and failed.empty) or value not in a.frame:
         return
-    a.tune = tune
+    a.tune = tune if len(tune) else None
     trials = {t.number: t for t in a.study.get_trials(deepcopy=False)}
-    for arm, g in complete.groupby("arm_label"):
-        best = g.loc[g[value].idxmax() if a.maximize else g[value].idxmin()]
-        chosen = trials[int(best.number)]
-        a.summary["tuning"].append({"arm": arm, "trials": int((tune.arm_label == arm).sum()),
-                                    "pruned": int(((tune.arm_label == arm) & (tune.state == "PRUNED")).sum()),
-                                    "best_value": float(best[value]), "best_trial": int(best.number),
-                                    "params": chosen.params, "at_edge": range_edges(chosen)})
-    a.importances, a.summary["importance_note"] = param_importances(a.study, trials, complete)
+    for arm, g in pd.concat([tune, failed]).groupby("arm_label"):
+        done = g[g.state == "COMPLETE"]
+        row = {"arm": arm, "trials": len(g), "pruned": int((g.state == "PRUNED").sum()),
+               "failed": int((g.state == "FAIL").sum()), "best_value": None, "best_trial": None, "params": {},
+               "at_edge": {}}
+        if len(done):  # else the finals ran the [run] defaults (study.cells.best_params)
+            best = done.loc[done[value].idxmax() if a.maximize else done[value].idxmin()]
+            chosen = trials[int(best.number)]
+            row |= {"best_value": float(best[value]), "best_trial": int(best.number), "params": chosen.params,
+                    "at_edge": range_edges(chosen)}
+        a.summary["tuning"].append(row)
+    a.summary["two_value_grids"] = sorted({name for n in tune.number.astype(int)
+                                           for name, d in trials[n].distributions.items() if is_two_value_grid(d)})
+    a.importances, a.summary["importance_note"] = param_importances(a.study, trials, tune[tune.state == "COMPLETE"])
+
+
+def is_two_value_grid(dist: optuna.distributions.BaseDistribution) -> bool:
+    """Two values bracket no optimum: whichever wins is an end of the range, so no end is worth flagging."""
+    return isinstance(dist, optuna.distributions.CategoricalDistribution) and len(dist.choices) == 2
 
 
 def range_edges(trial: optuna.trial.FrozenTrial) -> dict[str, str]:
     """The chosen numeric values that sit on an end of their search space ("low" or "high"): the range does not
     bracket that arm's optimum, which may lie beyond it. A continuous range's end is its outer 5% (in log space
-    for a log range)."""
+    for a log range); a grid of two values has no inside, so it is left to the report's sentence about it."""
     edges = {}
     for name, dist in trial.distributions.items():
         value = trial.params[name]
         if isinstance(dist, optuna.distributions.CategoricalDistribution):
             numbers = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
-            if len(numbers) < 2 or len(numbers) < len(dist.choices):
+            if is_two_value_grid(dist) or len(numbers) < len(dist.choices):
                 continue
             low, high, margin = min(numbers), max(numbers), 0.0
         elif isinstance(dist, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
@@ -144,7 +162,7 @@ def param_importances(study: optuna.Study, by_number: dict[int, optuna.trial.Fro
         trials = [by_number[n] for n in g.number]
         varied = [p for p in trials[0].params if len({hashable(t.params.get(p)) for t in trials}) > 1]
         if len(trials) < 3 or len(varied) < 2:
-            reasons.append(f"{arm}: {len(trials)} trials, {len(varied)} varied parameter(s)")
+            reasons.append(f"{arm}: {len(trials)} complete trials, {len(varied)} varied parameter(s)")
             continue
         sub = optuna.create_study(directions=study.directions)
         sub.add_trials(trials)
@@ -159,6 +177,7 @@ def param_importances(study: optuna.Study, by_number: dict[int, optuna.trial.Fro
             continue
         rows += [{"arm": arm, "param": p, "importance": v} for p, v in importances.items()
                  if not math.isnan(v)]
-    reason = None if rows else ("importances need >= 3 tuning trials and >= 2 varied parameters per arm ("
+    reason = None if rows else ("importances need >= 3 complete tuning trials and >= 2 varied parameters per "
+                                "arm ("
                                 + "; ".join(reasons) + ")")
     return pd.DataFrame(rows), reason

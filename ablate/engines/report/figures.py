@@ -9,6 +9,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import TrialState
 
 from ...foundations.io import atomic_write
 from .analysis import Analysis, reference_arms
@@ -76,8 +78,8 @@ def plot_pareto(figs: Figures, arms: pd.DataFrame, keys: list[str], cost: str, h
     acc, c = arms.test_acc_mean.to_numpy(), arms[cost].to_numpy(float)
     front = ~dominated(acc, -c if higher_better else c)
     hue, style, styles = panels(arms, keys)
-    hue_name = hue_title(keys)
-    style_name = ", ".join(k for k in keys if k != hue_name) if len(styles) > 1 else None
+    hue_name = ", ".join(hue_keys(keys)) or "arm"
+    style_name = ", ".join(k for k in keys if k not in hue_keys(keys)) if len(styles) > 1 else None
     data = pd.DataFrame({cost: c, "acc": acc, hue_name: hue.to_numpy(), style_name or "style": style.to_numpy()})
     colors = palette(hue)
     for x, y, sd, h in zip(c, acc, arms.test_acc_sd, hue):
@@ -115,15 +117,16 @@ def plot_shuffle(figs: Figures, final: pd.DataFrame, series: pd.Series) -> None:
     figs.save(fig, "shuffle", "Accuracy per mixer and pixel shuffle")
 
 
-def hue_title(keys: list[str]) -> str:
-    return "spatial" if "spatial" in keys else ", ".join(keys) or "arm"
+def hue_keys(keys: list[str]) -> list[str]:
+    """What colours a line or point: the spatial mixer where it varies, else every axis."""
+    return ["spatial"] if "spatial" in keys else keys
 
 
 def panels(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.Series, pd.Series, list[str]]:
     """Lines per spatial mixer (or per arm), one panel per value of the other axes: (hue, panel, panel order)."""
-    hue_keys = ["spatial"] if "spatial" in keys else keys
-    col_keys = [k for k in keys if k not in hue_keys]
-    hue = label(frame, hue_keys)
+    coloured = hue_keys(keys)
+    col_keys = [k for k in keys if k not in coloured]
+    hue = label(frame, coloured)
     col = label(frame, col_keys) if col_keys else pd.Series("", index=frame.index)
     return hue, col, sorted(col.unique(), key=natural)
 
@@ -175,33 +178,40 @@ def plot_tuning_history(figs: Figures, tune: pd.DataFrame, keys: list[str], valu
     figs.save(fig, "tuning_history", "Optimization history of the tuning phase")
 
 
-def tuned_numbers(a: Analysis) -> list[str]:
-    """The tuning frame's columns of the tuned parameters that are numbers and took more than one value (the
-    record's `params` and `params_frozen` columns are counts, not tuned)."""
-    names = sorted({name for row in a.summary["tuning"] for name in row["params"]})
-    columns = [f"params_{name}" for name in names if f"params_{name}" in a.tune]
-    return [c for c in columns if pd.api.types.is_numeric_dtype(a.tune[c]) and a.tune[c].nunique() > 1]
+def tuned_numbers(a: Analysis) -> dict[str, BaseDistribution]:
+    """The tuning frame's columns of the tuned parameters that are numbers and took more than one value, with their
+    search space (the record's `params` and `params_frozen` columns are counts, not tuned)."""
+    spaces = {}
+    for t in a.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        for name, dist in t.distributions.items():
+            spaces.setdefault(f"params_{name}", dist)
+    return {c: d for c, d in sorted(spaces.items()) if c in a.tune and pd.api.types.is_numeric_dtype(a.tune[c])
+            and a.tune[c].nunique() > 1}
 
 
-def plot_tuning_slice(figs: Figures, tune: pd.DataFrame, columns: list[str], keys: list[str], value: str,
-                      name: str, maximize: bool) -> None:
-    """optuna's slice plot per arm: each tuning trial's value against each tuned number (x = pruned). Where an arm
-    tried few values (a grid), a line joins its best per value, so a best on an end of the range shows as a line
-    still climbing there."""
+def plot_tuning_slice(figs: Figures, tune: pd.DataFrame, spaces: dict[str, BaseDistribution], keys: list[str],
+                      value: str, name: str, maximize: bool) -> None:
+    """A slice plot (as optuna's plot_slice) per arm: each tuning trial's value against each tuned number (x =
+    pruned). On a grid (a categorical space) a line joins an arm's best per value, so a best on an end of the grid
+    shows as a line still climbing there; the x axis is logarithmic for a log space."""
     hue, col, names = panels(tune, keys)
     colors = palette(hue)
-    fig, axes = new_figure(len(columns), len(names), width=5.0, height=3.6)
-    for row, column in zip(axes, columns):
-        for ax, panel in zip(row, names):
+    ncols = min(3, len(names))
+    rows_each = -(-len(names) // ncols)
+    fig, axes = new_figure(len(spaces) * rows_each, ncols, width=5.0, height=3.6)
+    for i, (column, space) in enumerate(spaces.items()):
+        block = list(axes[i * rows_each:(i + 1) * rows_each].flat)
+        for ax in block[len(names):]:
+            ax.set_visible(False)
+        grid = isinstance(space, CategoricalDistribution)
+        for ax, panel in zip(block, names):
             for arm, g in tune[col == panel].groupby(hue[col == panel]):
-                done = g[g.state == "COMPLETE"]
-                pruned = g[g.state == "PRUNED"]
+                done, pruned = g[g.state == "COMPLETE"], g[g.state == "PRUNED"]
                 ax.scatter(pruned[column], pruned[value], color=colors[arm], s=24, marker="x")
                 best = done.groupby(column)[value].max() if maximize else done.groupby(column)[value].min()
-                style = {"marker": "o", "ms": 4} | ({"lw": 1.2} if len(best) <= 10 else {"lw": 0})
-                ax.plot(best.index, best.to_numpy(), color=colors[arm], label=arm, **style)
-            values = tune[column]
-            if values.min() > 0 and values.max() / values.min() >= 3:
+                ax.plot(best.index, best.to_numpy(), color=colors[arm], label=arm, marker="o", ms=4,
+                        lw=1.2 if grid else 0)
+            if getattr(space, "log", False):
                 ax.set_xscale("log")
             ax.set(title=panel or None, xlabel=column.removeprefix("params_"), ylabel=name)
             ax.legend(title=None, fontsize="small")
@@ -255,7 +265,7 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("tuning_history", lambda a: a.tune is not None,
                lambda a, figs: plot_tuning_history(figs, a.tune, a.keys, value_names(a.study)[0],
                                                    a.summary["objectives"][0], a.maximize)),
-    FigureSpec("tuning_slice", lambda a: a.tune is not None and len(tuned_numbers(a)) > 0,
+    FigureSpec("tuning_slice", lambda a: a.tune is not None and bool(tuned_numbers(a)),
                lambda a, figs: plot_tuning_slice(figs, a.tune, tuned_numbers(a), a.keys, value_names(a.study)[0],
                                                  a.summary["objectives"][0], a.maximize)),
     FigureSpec("importances", lambda a: len(a.importances) > 0, lambda a, figs: plot_importances(figs, a.importances)),

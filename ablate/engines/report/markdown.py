@@ -193,18 +193,26 @@ def scaling_section(rows: list[dict]) -> str:
 
 
 def tuning_section(s: dict) -> str:
-    rows = [[r["arm"], f"{r['trials']} ({r['pruned']} pruned)" if r["pruned"] else r["trials"], fmt(r["best_value"]),
-             ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()),
-             ", ".join(f"{k}: {side}" for k, side in r["at_edge"].items()) or "—"] for r in s["tuning"]]
-    text = (f"## Tuning\nEach arm's values were chosen on {s['chosen_on']}.\n\n"
-            + markdown_table(["arm", "tuning trials", f"best {s['objectives'][0]}", "best params",
-                              "at an end of the searched range"], rows))
+    rows = []
+    for r in s["tuning"]:
+        lost = ", ".join(f"{r[k]} {k}" for k in ("pruned", "failed") if r[k])
+        params = (", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
+                  if r["best_trial"] is not None else "none complete: the finals ran the [run] values")
+        rows.append([r["arm"], f"{r['trials']} ({lost})" if lost else r["trials"], fmt(r["best_value"]), params,
+                     ", ".join(f"{k}: {side}" for k, side in r["at_edge"].items()) or "—"])
     edges = Counter(f"{k} at its {side} end" for r in s["tuning"] for k, side in r["at_edge"].items())
+    header = ["arm", "tuning trials", f"best {s['objectives'][0]}", "best params", "at an end of the searched range"]
+    text = (f"## Tuning\nEach arm's values were chosen on {s['chosen_on']}.\n\n"
+            + markdown_table(header[:5 if edges else 4], [row[:5 if edges else 4] for row in rows]))
     if edges:
         text += ("\n\n**The searched range does not bracket every optimum**: "
                  + ", ".join(f"{what} for {n} of {len(s['tuning'])} arms" for what, n in sorted(edges.items()))
                  + ". Such an arm's best value may lie beyond the range, so its comparison with the others is at the "
                  "range's value, not at its own optimum.")
+    if s["two_value_grids"]:
+        names = " and ".join(f"`{n}`" for n in s["two_value_grids"])
+        text += (f"\n\n{names} took two values, which bracket no optimum: every arm's choice is one of the two "
+                 "ends, and where the other value's trial was pruned, the choice was made when it was pruned.")
     if s["importance_note"]:
         text += f"\n\nNo importance figure: {s['importance_note']}."
     return text
@@ -214,14 +222,18 @@ def convergence_section(rows: list[dict]) -> str:
     metric = rows[0]["metric"]
     spans = sorted({tuple(i) for r in rows for i in r["interval"]})
     span = ", ".join(f"epoch {a:g} to {b:g}" for a, b in spans)
-    still = [r for r in rows if r["peaked_last"] == r["n"] and r["last_gain_mean"] > 0]
+    rising = [r for r in rows if r["n"] >= 2 and r["peaked_last"] == r["n"]]
+    short = [r["arm"] for r in rows if not r["n"]]
     text = (f"## Still learning at the end?\nPer arm, the change of {metric} over the last evaluation interval "
-            f"({span}), mean ± sd over seeds, and the epoch at which each seed's {metric} peaked.\n\n"
+            f"({span}), mean ± sd over the seeds (n), and the epoch at which each seed's {metric} peaked.\n\n"
             + markdown_table(["arm", "n", f"last change of {metric}", "peak epochs"],
                              [[r["arm"], r["n"], f"{fmt(r['last_gain_mean'], '+.4f')} ± {fmt(r['last_gain_sd'])}",
-                               ", ".join(f"{e:g}" for e in r["peak_epochs"])] for r in rows]))
-    if still:
-        text += (f"\n\n**{len(still)} of {len(rows)} arms peaked at the last evaluation in every seed**: the "
-                 "budget stopped them while they still learned, so the comparison is at this budget, not at "
-                 "convergence.")
+                               ", ".join(f"{e:g}" for e in r["peak_epochs"]) or "—"] for r in rows]))
+    if rising:
+        text += (f"\n\n**{len(rising)} of {len(rows)} arms were still rising at the last evaluation in every seed.** "
+                 "Under a schedule that anneals the learning rate at the end this is expected and does not say that "
+                 "more epochs would raise them; it says they had not levelled off, so their comparison is at this "
+                 "budget, not at convergence.")
+    if short:
+        text += f"\n\nLeft out, fewer than 2 evaluations of {metric} in every run: {', '.join(short)}."
     return text

@@ -26,21 +26,21 @@ def arm_table(final: pd.DataFrame, keys: list[str], failed: pd.DataFrame | None 
 
 
 def convergence_table(final: pd.DataFrame, keys: list[str]) -> list[dict]:
-    """Per arm with >= 2 evaluations: the curve metric's change over the last evaluation interval (mean, sd over
-    seeds) and the epoch at which each seed peaked. An arm still rising at the end is ranked at this budget, not at
-    convergence."""
+    """Per arm (in the arm table's order): the curve metric's change over the last evaluation interval (mean, sd over
+    the seeds with >= 2 evaluations, `n`) and the epoch at which each seed peaked; [] where no run has 2."""
     metric, rows = curve_metric(final), []
-    for name, g in sorted(final.groupby(label(final, keys)), key=lambda kv: natural(kv[0])):
+    groups = sorted(final.groupby(label(final, keys)), key=lambda kv: [sort_key(k, kv[1][k].iloc[0]) for k in keys])
+    for name, g in groups:
         runs = [[e for e in hist if e.get(metric) is not None] for hist in g.history]
         runs = [evals for evals in runs if len(evals) >= 2]
-        if not runs:
-            continue
-        gain = mean_ci([evals[-1][metric] - evals[-2][metric] for evals in runs])
-        rows.append({"arm": name, "metric": metric, "n": len(runs), "last_gain_mean": gain["mean"],
-                     "last_gain_sd": gain["sd"], "interval": sorted({(e[-2]["epoch"], e[-1]["epoch"]) for e in runs}),
-                     "peak_epochs": [max(evals, key=lambda e: e[metric])["epoch"] for evals in runs],
-                     "peaked_last": sum(max(evals, key=lambda e: e[metric]) is evals[-1] for evals in runs)})
-    return rows
+        peaks = [max(evals, key=lambda e: e[metric]) for evals in runs]
+        gain = mean_ci([evals[-1][metric] - evals[-2][metric] for evals in runs]) if runs else {}
+        rows.append({"arm": name, "metric": metric, "n": len(runs), "last_gain_mean": gain.get("mean"),
+                     "last_gain_sd": gain.get("sd"),
+                     "interval": sorted({(evals[-2]["epoch"], evals[-1]["epoch"]) for evals in runs}),
+                     "peak_epochs": [peak["epoch"] for peak in peaks],
+                     "peaked_last": sum(peak is evals[-1] for peak, evals in zip(peaks, runs))})
+    return rows if any(r["n"] for r in rows) else []
 
 
 def shuffle_table(final: pd.DataFrame, series: pd.Series) -> list[dict]:
