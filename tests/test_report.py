@@ -151,6 +151,18 @@ def test_full_study_gives_every_figure_table_and_csv(everything):
     assert json.loads((out / "summary.json").read_text()) == doc
 
 
+def test_a_rerun_writes_the_same_bytes(everything, tmp_path):
+    """Figures carry no timestamps and fixed SVG ids, so a regenerated report diffs clean in git."""
+    _, out, _ = everything
+    again = tmp_path / "again"
+    assert cli.main(["report", "--study", "everything", "--storage", f"sqlite:///{out.parent / 'ablate.db'}",
+                     "-o", str(again)]) == 0
+    written = sorted(f.name for f in out.iterdir() if f.name != "summary.json")  # it names its folder
+    assert written == sorted(f.name for f in again.iterdir() if f.name != "summary.json")
+    for name in written:
+        assert (out / name).read_bytes() == (again / name).read_bytes(), name
+
+
 def test_arm_table_matches_the_records(everything):
     _, out, doc = everything
     arm = next(a for a in doc["arms"] if a["spatial"] == "conv" and a["train_size"] == 1000 and a["shuffle"] == "none")

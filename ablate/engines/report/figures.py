@@ -1,9 +1,11 @@
 """The report's figures. Each entry of FIGURES says when it applies to a study and how it draws: adding a figure
 is one function and one entry."""
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -31,7 +33,8 @@ class Figures:
         files = []
         for fmt in self.formats:
             path = self.out / f"{name}.{fmt}"
-            atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=150, metadata=METADATA[fmt]))
+            with matplotlib.rc_context({"svg.hashsalt": "ablate"}):  # fixed SVG ids, not random ones
+                atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=150, metadata=METADATA[fmt]))
             files.append(path.name)
         self.made.append({"name": name, "title": title, "files": files})
 
@@ -99,6 +102,18 @@ def plot_pareto(figs: Figures, arms: pd.DataFrame, keys: list[str], cost: str, h
     figs.save(fig, name, f"Accuracy vs {xlabel}")
 
 
+@contextmanager
+def fixed_jitter():
+    """seaborn jitters strip plots with numpy's global generator: seed it for the plot, so a rerun draws the same
+    dots, and give the caller's state back."""
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def plot_shuffle(figs: Figures, final: pd.DataFrame, series: pd.Series) -> None:
     """Per mixer, accuracy across shuffle modes: a line that stays flat is a mixer the shuffle cannot hurt."""
     fig, axes = new_figure()
@@ -107,8 +122,9 @@ def plot_shuffle(figs: Figures, final: pd.DataFrame, series: pd.Series) -> None:
     modes = sorted(set(data.shuffle), key=lambda m: sort_key("shuffle", m))
     order = sorted(series.unique(), key=natural)
     colors = palette(order)
-    sns.stripplot(data=data, x="shuffle", y="test_acc", hue="series", order=modes, hue_order=order, palette=colors,
-                  dodge=False, jitter=0.08, size=4, alpha=0.45, legend=False, ax=ax)
+    with fixed_jitter():
+        sns.stripplot(data=data, x="shuffle", y="test_acc", hue="series", order=modes, hue_order=order,
+                      palette=colors, dodge=False, jitter=0.08, size=4, alpha=0.45, legend=False, ax=ax)
     sns.pointplot(data=data, x="shuffle", y="test_acc", hue="series", order=modes, hue_order=order, palette=colors,
                   errorbar="sd", capsize=0.08, markersize=7, ax=ax)
     ax.set(xlabel="pixel shuffle (the same for train and test)", ylabel="test accuracy",
