@@ -323,6 +323,7 @@ def test_a_two_value_grid_an_all_pruned_arm_and_a_diverged_trial(storage, tmp_pa
     assert rows["attention"]["trials"] == 2 and rows["attention"]["failed"] == 1
     md = (tmp_path / "r" / "report.md").read_text()
     assert "`lr` took two values, which bracket no optimum" in md and "at an end of the searched range" not in md
+    assert not analysis.is_two_value_grid(CategoricalDistribution(["adamw", "sgd"]))  # two names: no range at all
     assert "| conv | 2 (2 pruned) | — | none complete: the finals ran the [run] values |" in md
     assert "| attention | 2 (1 failed) | 0.9000 | lr=0.003 |" in md
 

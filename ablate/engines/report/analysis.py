@@ -123,9 +123,14 @@ def tuning(a: Analysis) -> None:
     a.importances, a.summary["importance_note"] = param_importances(a.study, trials, tune[tune.state == "COMPLETE"])
 
 
+def numbers(dist: optuna.distributions.CategoricalDistribution) -> list:
+    return [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+
+
 def is_two_value_grid(dist: optuna.distributions.BaseDistribution) -> bool:
-    """Two values bracket no optimum: whichever wins is an end of the range, so no end is worth flagging."""
-    return isinstance(dist, optuna.distributions.CategoricalDistribution) and len(dist.choices) == 2
+    """Two numbers bracket no optimum: whichever wins is an end of the range, so no end is worth flagging."""
+    return (isinstance(dist, optuna.distributions.CategoricalDistribution) and len(dist.choices) == 2
+            and len(numbers(dist)) == 2)
 
 
 def range_edges(trial: optuna.trial.FrozenTrial) -> dict[str, str]:
@@ -136,10 +141,10 @@ def range_edges(trial: optuna.trial.FrozenTrial) -> dict[str, str]:
     for name, dist in trial.distributions.items():
         value = trial.params[name]
         if isinstance(dist, optuna.distributions.CategoricalDistribution):
-            numbers = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
-            if is_two_value_grid(dist) or len(numbers) < len(dist.choices):
+            choices = numbers(dist)
+            if is_two_value_grid(dist) or len(choices) < len(dist.choices):
                 continue
-            low, high, margin = min(numbers), max(numbers), 0.0
+            low, high, margin = min(choices), max(choices), 0.0
         elif isinstance(dist, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
             scale = math.log if dist.log else (lambda v: v)
             low, high, value = scale(dist.low), scale(dist.high), scale(value)
