@@ -306,6 +306,7 @@ def test_report_says_when_the_range_does_not_bracket_the_optimum(storage, tmp_pa
     assert "lr at its high end for 1 of 3 arms, lr at its low end for 1 of 3 arms" in md
     assert "at an end of the searched range |" in md and "took two values" not in md
     assert [ax.get_xlabel() for ax in drawn["tuning_slice"].axes] == ["lr"]
+    assert drawn["tuning_slice"].axes[0].get_xscale() == "log"  # a grid from 1e-3 to 1e-2
     lines = {line.get_label(): line.get_xydata().tolist() for line in drawn["tuning_slice"].axes[0].lines}
     assert lines["mlp"] == [[1e-3, 0.9], [3e-3, 0.8], [1e-2, 0.8]] and lines["conv"][-1] == [1e-2, 0.9]
 

@@ -205,11 +205,18 @@ def tuned_numbers(a: Analysis) -> dict[str, BaseDistribution]:
             and a.tune[c].nunique() > 1}
 
 
+def log_axis(space: BaseDistribution, values: pd.Series) -> bool:
+    """A log space's own flag; a grid has none, so its values decide: positive and spanning 10x or more."""
+    if isinstance(space, CategoricalDistribution):
+        return bool(values.min() > 0 and values.max() >= 10 * values.min())
+    return bool(getattr(space, "log", False))
+
+
 def plot_tuning_slice(figs: Figures, tune: pd.DataFrame, spaces: dict[str, BaseDistribution], keys: list[str],
                       value: str, name: str, maximize: bool) -> None:
     """A slice plot (as optuna's plot_slice) per arm: each tuning trial's value against each tuned number (x =
     pruned). On a grid (a categorical space) a line joins an arm's best per value, so a best on an end of the grid
-    shows as a line still climbing there; the x axis is logarithmic for a log space."""
+    shows as a line still climbing there."""
     hue, col, names = panels(tune, keys)
     colors = palette(hue)
     ncols = min(3, len(names))
@@ -227,7 +234,7 @@ def plot_tuning_slice(figs: Figures, tune: pd.DataFrame, spaces: dict[str, BaseD
                 best = done.groupby(column)[value].max() if maximize else done.groupby(column)[value].min()
                 ax.plot(best.index, best.to_numpy(), color=colors[arm], label=arm, marker="o", ms=4,
                         lw=1.2 if grid else 0)
-            if getattr(space, "log", False):
+            if log_axis(space, tune[column]):
                 ax.set_xscale("log")
             ax.set(title=panel or None, xlabel=column.removeprefix("params_"), ylabel=name)
             ax.legend(title=None, fontsize="small")
