@@ -26,6 +26,7 @@ class Analysis:
     shuffle_frame: pd.DataFrame | None = None  # the final trials compared across shuffles (largest train size)
     shuffle_series: pd.Series | None = None
     tune: pd.DataFrame | None = None           # tuning trials that finished (complete or pruned)
+    tune_spaces: dict = field(default_factory=dict)  # tuned parameter -> its search space (optuna distribution)
     importances: pd.DataFrame = field(default_factory=pd.DataFrame)  # per arm and parameter
 
     @property
@@ -118,8 +119,8 @@ def tuning(a: Analysis) -> None:
             row |= {"best_value": float(best[value]), "best_trial": int(best.number), "params": chosen.params,
                     "at_edge": range_edges(chosen)}
         a.summary["tuning"].append(row)
-    a.summary["two_value_grids"] = sorted({name for n in tune.number.astype(int)
-                                           for name, d in trials[n].distributions.items() if is_two_value_grid(d)})
+    a.tune_spaces = {name: d for n in tune.number.astype(int) for name, d in trials[n].distributions.items()}
+    a.summary["two_value_grids"] = sorted(name for name, d in a.tune_spaces.items() if is_two_value_grid(d))
     a.importances, a.summary["importance_note"] = param_importances(a.study, trials, tune[tune.state == "COMPLETE"])
 
 

@@ -12,7 +12,6 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.trial import TrialState
 
 from ...foundations.io import atomic_write
 from .analysis import Analysis, reference_arms
@@ -81,8 +80,9 @@ def plot_pareto(figs: Figures, arms: pd.DataFrame, keys: list[str], cost: str, h
     acc, c = arms.test_acc_mean.to_numpy(), arms[cost].to_numpy(float)
     front = ~dominated(acc, -c if higher_better else c)
     hue, style, styles = panels(arms, keys)
-    hue_name = ", ".join(hue_keys(keys)) or "arm"
-    style_name = ", ".join(k for k in keys if k not in hue_keys(keys)) if len(styles) > 1 else None
+    coloured = hue_keys(keys)
+    hue_name = ", ".join(coloured) or "arm"
+    style_name = ", ".join(k for k in keys if k not in coloured) if len(styles) > 1 else None
     data = pd.DataFrame({cost: c, "acc": acc, hue_name: hue.to_numpy(), style_name or "style": style.to_numpy()})
     colors = palette(hue)
     for x, y, sd, h in zip(c, acc, arms.test_acc_sd, hue):
@@ -197,11 +197,8 @@ def plot_tuning_history(figs: Figures, tune: pd.DataFrame, keys: list[str], valu
 def tuned_numbers(a: Analysis) -> dict[str, BaseDistribution]:
     """The tuning frame's columns of the tuned parameters that are numbers and took more than one value, with their
     search space (the record's `params` and `params_frozen` columns are counts, not tuned)."""
-    spaces = {}
-    for t in a.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        for name, dist in t.distributions.items():
-            spaces.setdefault(f"params_{name}", dist)
-    return {c: d for c, d in sorted(spaces.items()) if c in a.tune and pd.api.types.is_numeric_dtype(a.tune[c])
+    spaces = {f"params_{name}": dist for name, dist in sorted(a.tune_spaces.items())}
+    return {c: d for c, d in spaces.items() if c in a.tune and pd.api.types.is_numeric_dtype(a.tune[c])
             and a.tune[c].nunique() > 1}
 
 
