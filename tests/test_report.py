@@ -520,6 +520,73 @@ def test_axes_linked_to_the_train_size_are_part_of_the_data_axis(storage, tmp_pa
     assert {f["name"] for f in doc["figures"]} >= {"scaling", "pareto_macs"}
 
 
+STRUCTURES = [({"channel": "mlp", "model_options": {}}, 0.0), ({"channel": "identity", "model_options": {}}, -0.04),
+              ({"channel": "mlp", "model_options": {"norm": "none"}}, -0.01),
+              ({"channel": "mlp", "model_options": {"residual": False}}, -0.05)]
+
+
+def structure_study(storage: str, name: str = "structure") -> optuna.Study:
+    """Two mixers x a linked `structure` axis whose four tables are not a product of channel x model_options."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    study.set_user_attr("linked", {"structure": ["channel", "model_options"]})
+    for spatial in ("attention", "mlp"):
+        for i, (table, effect) in enumerate(STRUCTURES):
+            for seed in (0, 1, 2):
+                rec = record(spatial, 4000, "none", seed) | {"channel": table["channel"]}
+                rec["test_acc"] += effect + np.random.default_rng([i, seed]).normal(0, 0.003)
+                study.add_trial(final_trial({"spatial": spatial, **table}, rec))
+    return study
+
+
+def test_a_linked_axis_is_one_factor_of_the_anova(storage, tmp_path, capsys):
+    structure_study(storage)
+    code, doc = run_report(storage, "structure", tmp_path / "r", capsys=capsys)
+    assert code == 0 and doc["axes"] == ["spatial", "structure"]
+    assert doc["anova"]["factors"] == ["spatial", "structure"] and doc["anova"]["note"] is None
+    terms = {t["term"]: t for t in doc["anova"]["terms"]}
+    assert terms["structure"]["df"] == 3 and terms["structure"]["p"] < 0.001
+    assert {r["axis"] for r in doc["pairwise"]} == {"spatial", "structure"}
+    assert len(doc["pairwise"]) == 2 * 6 + 4  # every two structures within a mixer, and the mixers per structure
+
+
+def test_a_linked_axis_told_apart_by_one_option_is_named_by_it(storage, tmp_path, capsys):
+    """shuffle.toml's `network` axis: each network has its own mixer, so the mixer names it (and colours it)."""
+    study = optuna.create_study(study_name="networks", storage=storage, direction="maximize")
+    study.set_user_attr("linked", {"network": ["spatial", "model_options"]})
+    for spatial, options in (("conv", {}), ("mlp", {"stem": "patch"}), ("attention", {"stem": "patch"})):
+        for shuffle in ("none", "global"):
+            for seed in (0, 1):
+                axes = {"spatial": spatial, "model_options": options, "shuffle": shuffle}
+                study.add_trial(final_trial(axes, record(spatial, 4000, shuffle, seed)))
+    code, doc = run_report(storage, "networks", tmp_path / "r", capsys=capsys)
+    assert code == 0 and doc["axes"] == ["spatial", "shuffle"]
+    assert doc["anova"]["factors"] == ["spatial", "shuffle"] and doc["anova"]["note"] is None
+
+
+def test_control_tests_each_level_against_it_and_holm_corrects_over_those(storage, tmp_path, capsys):
+    from statsmodels.stats.multitest import multipletests
+    structure_study(storage)
+    code, doc = run_report(storage, "structure", tmp_path / "r", "--control", "structure=mlp / {}", capsys=capsys)
+    rows = doc["pairwise"]
+    assert code == 0 and doc["control"] == "structure=mlp / {}" and len(rows) == 2 * 3
+    assert all(r["axis"] == "structure" and r["b"].endswith("structure=mlp / {}") for r in rows)
+    no_channel = next(r for r in rows if r["a"] == "spatial=mlp, structure=identity / {}")
+    assert no_channel["diff"] == pytest.approx(-0.04, abs=0.01)
+    assert [r["p_holm"] for r in rows] == pytest.approx(list(multipletests([r["p"] for r in rows], method="holm")[1]))
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "against the control structure mlp / {}" in text and "--control 'structure=mlp / {}'" in text
+
+
+@pytest.mark.parametrize("control, message", [("structure=mlp", "no arm has structure 'mlp'; valid: "),
+                                              ("stem=conv", "'stem' is not an axis of this study's arms"),
+                                              ("structure", "expected AXIS=LEVEL")])
+def test_a_bad_control_exits_2_and_names_the_valid_ones(storage, tmp_path, capsys, control, message):
+    structure_study(storage)
+    code, _ = run_report(storage, "structure", tmp_path / "r", "--control", control)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and not (tmp_path / "r" / "report.md").exists()
+
+
 @pytest.mark.slow
 def test_report_reads_what_ablate_study_writes(tmp_path, capsys, monkeypatch):
     """The contract with `ablate study`: its trials' arm, axes, phase and record attributes group into arms."""

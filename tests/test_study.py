@@ -353,6 +353,21 @@ def test_linked_axis_sets_several_options_per_arm(tmp_path):
                                           for n, e in ((200, 4), (400, 2))]
     assert exp.arms[0].label == "spatial=conv,train_size=200,epochs=4" and exp.name == "scaling"
     assert exp.fields == {"spatial": ["conv", "mlp"], "train_size": [200, 400], "epochs": [4, 2]}
+    assert exp.linked == {"data": ["train_size", "epochs"]}  # the report keeps it one factor
+
+
+def test_the_study_tells_the_report_which_options_are_linked(tmp_path):
+    from ablate.engines.study import experiment as experiment_file
+    from ablate.engines.study.board import open_study
+    from ablate.foundations.storage import open_storage
+    file = tmp_path / "exp.toml"
+    file.write_text('[run]\ndataset = "synthetic"\nval_size = 100\n[arms]\nspatial = ["conv", "mlp"]\nstructure = [\n'
+                    '  { channel = "mlp", model_options = {} },\n  { channel = "identity", model_options = {} },\n'
+                    '  { channel = "mlp", model_options = { norm = "none" } },\n]\n')
+    exp = experiment_file.load(file)
+    board = open_study(exp, open_storage(f"sqlite:///{tmp_path}/s.db"))
+    assert board.study.user_attrs["linked"] == {"structure": ["channel", "model_options"]}
+    assert len(exp.arms) == 6
 
 
 def test_missing_experiment_file_exits_2(tmp_path, capsys):

@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default=None, help="folder for report.md, figures and trials.csv "
                                                      "(default reports/NAME)")
     p.add_argument("--format", default="png,svg", help=f"figure formats, comma-separated: {', '.join(FORMATS)}")
+    p.add_argument("--control", default=None, metavar="AXIS=LEVEL",
+                   help="test only each other level of AXIS against LEVEL, the other axes held fixed (the "
+                        "many-to-one contrasts an experiment pre-registered; Holm corrects over those); default: "
+                        "every two arms that differ in one axis")
     p.add_argument("--json", action="store_true", help="print a summary as one JSON document on stdout")
 
 
@@ -39,6 +43,15 @@ def parse_formats(text: str) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
+def parse_control(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    axis, sep, level = text.partition("=")
+    if not (sep and axis.strip() and level.strip()):
+        raise UsageError(f"--control {text!r}: expected AXIS=LEVEL, e.g. shuffle=none")
+    return axis.strip(), level.strip()
+
+
 def main(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -48,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create output folder {out}: {e.strerror or e}") from None
-    summary = build(study, args.storage, out, formats)
+    summary = build(study, args.storage, out, formats, parse_control(args.control))
     if args.json:
         print(json.dumps(summary))
     else:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import optuna
 import pandas as pd
 
+from ...foundations.errors import UsageError
 from ...foundations.storage import first_line, masked
 from .frame import (arm_keys, data_axis, final_trials, hashable, in_final, label, objective_names, reference,
                     trials_frame, unique, value_names)
@@ -45,7 +46,7 @@ class Analysis:
         return self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
 
 
-def analyse(study: optuna.Study, storage: str) -> Analysis:
+def analyse(study: optuna.Study, storage: str, control: tuple[str, str] | None = None) -> Analysis:
     frame = trials_frame(study)
     keys = arm_keys(frame, study)
     frame["arm_label"] = label(frame, keys)
@@ -59,11 +60,14 @@ def analyse(study: optuna.Study, storage: str) -> Analysis:
         "phases": frame.phase.dropna().value_counts().sort_index().to_dict(),
         "n_final": len(final), "axes": keys, "seeds": unique(final, "seed"), "budget": budget(frame, final),
         "arms": arm_table(final, keys, failed), "power_law": [], "shuffle": [], "tuning": [], "two_value_grids": [],
-        "importance_note": None,
+        "importance_note": None, "control": None,
         "chosen_on": chosen_on(study), "label": study.user_attrs.get("label"),
     }
     a = Analysis(study, frame, final, keys, data_axis(final, keys), summary)
-    summary["pairwise"] = pairwise(final, keys, a.model_keys)
+    if control:
+        check_control(final, a.model_keys, *control)
+        summary["control"] = "=".join(control)
+    summary["pairwise"] = pairwise(final, keys, a.model_keys, control)
     summary["anova"] = anova(final, a.model_keys + a.data_keys[:1])
     summary["convergence"] = convergence_table(final, keys) if len(final) else []
     if "train_size" in final and final.train_size.nunique() >= 3:
@@ -76,6 +80,16 @@ def analyse(study: optuna.Study, storage: str) -> Analysis:
         summary["shuffle"] = shuffle_table(largest, a.shuffle_series)
     tuning(a)
     return a
+
+
+def check_control(final: pd.DataFrame, axes: list[str], axis: str, level: str) -> None:
+    """`--control AXIS=LEVEL` names an axis the arms vary and one of its levels, as the report prints them."""
+    if axis not in axes:
+        raise UsageError(f"--control {axis}={level}: {axis!r} is not an axis of this study's arms; "
+                         f"valid: {', '.join(axes) or '(none)'}")
+    levels = [str(v) for v in unique(final, axis)]
+    if level not in levels:
+        raise UsageError(f"--control {axis}={level}: no arm has {axis} {level!r}; valid: {', '.join(levels)}")
 
 
 def errored(frame: pd.DataFrame) -> pd.Series:

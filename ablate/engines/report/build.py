@@ -9,9 +9,10 @@ from . import figures
 from .markdown import clean, write_csv, write_markdown
 
 
-def build(study: optuna.Study, storage: str, out: Path, formats: list[str]) -> dict:
+def build(study: optuna.Study, storage: str, out: Path, formats: list[str], control: tuple[str, str] | None = None
+          ) -> dict:
     """Writes the figures, report.md, trials.csv and summary.json into `out`; returns the summary."""
-    a = analyse(study, storage)
+    a = analyse(study, storage, control)
     figs = figures.Figures(out, formats)
     for spec in figures.FIGURES:
         if spec.applies(a):

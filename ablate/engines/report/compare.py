@@ -19,19 +19,28 @@ from .frame import label, natural
 ALPHA, POWER = 0.05, 0.8
 
 
-def pairwise(final: pd.DataFrame, keys: list[str], over: list[str]) -> list[dict]:
+def pairwise(final: pd.DataFrame, keys: list[str], over: list[str], control: tuple[str, str] | None = None
+             ) -> list[dict]:
     """Every pair of arms (named by `keys`) that differ in exactly one axis, one of `over`: that axis's effect with
-    the others held fixed."""
+    the others held fixed. With a control (axis, level), only each other level of that axis against the control
+    level (a = the level, b = the control): the many-to-one family an experiment pre-registers, so that Holm
+    corrects over the tests it planned and no more."""
     if not keys or final.empty:
         return []
     names = label(final, keys)
     arms = {name: g for name, g in final.groupby(names, sort=False)}
-    levels = {name: {k: g[k].iloc[0] for k in keys} for name, g in arms.items()}
+    levels = {name: {k: str(g[k].iloc[0]) for k in keys} for name, g in arms.items()}
     rows = []
     for x, y in itertools.combinations(sorted(arms, key=natural), 2):
         differing = [k for k in keys if levels[x][k] != levels[y][k]]
-        if len(differing) == 1 and differing[0] in over:
-            rows.append({"axis": differing[0], "a": x, "b": y, **test_pair(arms[x], arms[y])})
+        if len(differing) != 1 or differing[0] not in over:
+            continue
+        if control:
+            axis, level = control
+            if differing[0] != axis or level not in (levels[x][axis], levels[y][axis]):
+                continue
+            x, y = (y, x) if levels[x][axis] == level else (x, y)
+        rows.append({"axis": differing[0], "a": x, "b": y, **test_pair(arms[x], arms[y])})
     testable = [r for r in rows if r["p"] is not None]
     if testable:
         adjusted = multipletests([r["p"] for r in testable], alpha=ALPHA, method="holm")[1]

@@ -109,7 +109,29 @@ def arm_keys(frame: pd.DataFrame, study: optuna.Study) -> list[str]:
         column = frame[key].astype(object) if key in frame else pd.Series(None, index=frame.index, dtype=object)
         frame[key] = column.where(column.notna(), from_axes).map(hashable)
     final = final_trials(frame)
-    return [k for k in keys if final[k].nunique() > 1] if len(final) else []
+    keys = [k for k in keys if final[k].nunique() > 1] if len(final) else []
+    for axis, fields in (study.user_attrs.get("linked") or {}).items():
+        keys = one_factor(frame, keys, axis, [f for f in fields if f in keys])
+    return keys
+
+
+def one_factor(frame: pd.DataFrame, keys: list[str], axis: str, fields: list[str]) -> list[str]:
+    """A linked axis is one factor, as the experiment file has it: named by the one option that tells its tables
+    apart (spatial, when each network has its own mixer), else a column `axis` of the options' values in the
+    file's order (structure: "identity / {}" for channel identity, no model options). An axis linked to the train
+    size stays as it is: it is the data budget (data_axis)."""
+    if len(fields) < 2 or "train_size" in fields:
+        return keys
+    final = final_trials(frame)
+    levels = final[fields].astype(str).drop_duplicates()
+    identifying = [f for f in fields if levels[f].nunique() == len(levels)]
+    if identifying:
+        name = identifying[0]
+    else:
+        name = axis
+        frame[axis] = frame[fields].astype(str).agg(" / ".join, axis=1)
+    at = keys.index(fields[0])
+    return [k for k in keys[:at] if k not in fields] + [name] + [k for k in keys[at:] if k not in fields]
 
 
 def data_axis(final: pd.DataFrame, keys: list[str]) -> list[str]:

@@ -2,6 +2,7 @@
 import io
 import json
 import math
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
     if s["convergence"]:
         parts.append(convergence_section(s["convergence"]))
     if s["pairwise"]:
-        parts.append(pairwise_section(s["pairwise"]))
+        parts.append(pairwise_section(s["pairwise"], s["control"]))
     if s["anova"]:
         parts.append(anova_section(s["anova"]))
     if s["power_law"]:
@@ -101,7 +102,8 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
                                      ", ".join(f"[{x}]({x})" for x in f["files"])) for f in figs.made))
     parts.append("## Files\n- `trials.csv`: every trial in every state, with its flattened run record, "
                  "params and objective values.\n- `summary.json`: the numbers of this page.\n"
-                 f"- Regenerate: `python -m ablate report --study {s['study']} --storage {s['storage']}`")
+                 f"- Regenerate: `python -m ablate report --study {s['study']} --storage {s['storage']}"
+                 + (f" --control {shlex.quote(s['control'])}`" if s["control"] else "`"))
     if study.user_attrs:
         parts.append("<details><summary>Study attributes</summary>\n\n```json\n"
                      + json.dumps(study.user_attrs, indent=2, default=str)[:4000] + "\n```\n</details>")
@@ -135,8 +137,9 @@ def pvalue(p) -> str:
     return "—" if p is None else "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-def pairwise_section(rows: list[dict]) -> str:
-    """Each pair of arms that differ in one axis, on test accuracy, Holm-corrected over the table."""
+def pairwise_section(rows: list[dict], control: str | None) -> str:
+    """Each pair of arms that differ in one axis (or each level against the control), on test accuracy,
+    Holm-corrected over the table."""
     tested = [r for r in rows if r["p"] is not None]
     table = markdown_table(
         ["axis", "a", "b", "test", "a − b", "95% CI", "p", "p (Holm)", "detectable at 80% power"],
@@ -144,7 +147,10 @@ def pairwise_section(rows: list[dict]) -> str:
           "—" if r["ci95"] is None else f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]", pvalue(r["p"]),
           pvalue(r["p_holm"]), "—" if r["mdd"] is None else f"±{r['mdd']:.4f}"] for r in rows])
     significant = sum(r["p_holm"] < ALPHA for r in tested)
-    return ("## Pairwise comparisons\nTest accuracy of every two arms that differ in one axis, the others held "
+    axis, _, level = (control or "").partition("=")
+    which = (f"each {axis} against the control {axis} {level} (`--control`; a = the other level, b = the control), "
+             if control else "every two arms that differ in one axis, ")
+    return (f"## Pairwise comparisons\nTest accuracy of {which}the others held "
             "fixed: a paired t-test where both arms ran the same seeds (a seed fixes the training subset, the data order "
             "and the augmentation draws of both), else Welch's. p-values are Holm-corrected over the "
             f"{len(tested)} tests of this table (statsmodels `multipletests`); {significant} stay below {ALPHA}. The "

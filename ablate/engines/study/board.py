@@ -34,6 +34,7 @@ def open_study(exp: Experiment, storage: BaseStorage) -> Board:
     check_same_experiment(exp, study)
     # what may grow between invocations: the report reads the axes from here
     study.set_user_attr("axes", exp.fields)
+    study.set_user_attr("linked", exp.linked)
     study.set_user_attr("seeds", exp.seeds)
     return Board(storage, study, storage.get_study_id_from_name(exp.name))
 

@@ -85,6 +85,12 @@ class Experiment:
         return values
 
     @property
+    def linked(self) -> dict:
+        """Each linked axis and the run options its tables set together: {"structure": ["channel", "model_options"]}.
+        The report treats such an axis as one factor, as the file does."""
+        return {axis: list(values[0]) for axis, values in self.axes.items() if axis not in RUN_FIELDS}
+
+    @property
     def grid(self) -> list[dict]:
         """With sampler = "grid": every combination of the [search] choices, in file order."""
         names = list(self.search)
