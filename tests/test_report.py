@@ -525,10 +525,10 @@ STRUCTURES = [({"channel": "mlp", "model_options": {}}, 0.0), ({"channel": "iden
               ({"channel": "mlp", "model_options": {"residual": False}}, -0.05)]
 
 
-def structure_study(storage: str, name: str = "structure") -> optuna.Study:
+def structure_study(storage: str, name: str = "structure", axis: str = "structure") -> optuna.Study:
     """Two mixers x a linked `structure` axis whose four tables are not a product of channel x model_options."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    study.set_user_attr("linked", {"structure": ["channel", "model_options"]})
+    study.set_user_attr("linked", {axis: ["channel", "model_options"]})
     for spatial in ("attention", "mlp"):
         for i, (table, effect) in enumerate(STRUCTURES):
             for seed in (0, 1, 2):
@@ -547,6 +547,13 @@ def test_a_linked_axis_is_one_factor_of_the_anova(storage, tmp_path, capsys):
     assert terms["structure"]["df"] == 3 and terms["structure"]["p"] < 0.001
     assert {r["axis"] for r in doc["pairwise"]} == {"spatial", "structure"}
     assert len(doc["pairwise"]) == 2 * 6 + 4  # every two structures within a mixer, and the mixers per structure
+
+
+def test_a_linked_axis_named_as_a_trial_attribute_leaves_the_attribute_alone(storage, tmp_path, capsys):
+    structure_study(storage, axis="arm")
+    code, doc = run_report(storage, "structure", tmp_path / "r", capsys=capsys)
+    assert code == 0 and doc["axes"] == ["spatial", "arm (channel / model_options)"]
+    assert len(doc["arms"]) == 8 and doc["anova"]["note"] is None
 
 
 def test_a_linked_axis_told_apart_by_one_option_is_named_by_it(storage, tmp_path, capsys):

@@ -353,7 +353,7 @@ def test_linked_axis_sets_several_options_per_arm(tmp_path):
                                           for n, e in ((200, 4), (400, 2))]
     assert exp.arms[0].label == "spatial=conv,train_size=200,epochs=4" and exp.name == "scaling"
     assert exp.fields == {"spatial": ["conv", "mlp"], "train_size": [200, 400], "epochs": [4, 2]}
-    assert exp.linked == {"data": ["train_size", "epochs"]}  # the report keeps it one factor
+    assert exp.linked == {"data": ["train_size", "epochs"]}  # for the report: the data budget, one factor
 
 
 def test_the_study_tells_the_report_which_options_are_linked(tmp_path):

@@ -127,9 +127,9 @@ def one_factor(frame: pd.DataFrame, keys: list[str], axis: str, fields: list[str
     identifying = [f for f in fields if levels[f].nunique() == len(levels)]
     if identifying:
         name = identifying[0]
-    else:
-        name = axis
-        frame[axis] = frame[fields].astype(str).agg(" / ".join, axis=1)
+    else:  # a column of its own, beside the trial's attributes (arm, phase, ...) whatever the axis is called
+        name = axis if axis not in frame else f"{axis} ({' / '.join(fields)})"
+        frame[name] = frame[fields].astype(str).agg(" / ".join, axis=1)
     at = keys.index(fields[0])
     return [k for k in keys[:at] if k not in fields] + [name] + [k for k in keys[at:] if k not in fields]
 
