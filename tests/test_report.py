@@ -592,6 +592,30 @@ def test_a_bad_control_exits_2_and_names_the_valid_ones(storage, tmp_path, capsy
     code, _ = run_report(storage, "structure", tmp_path / "r", "--control", control)
     err = capsys.readouterr().err
     assert code == 2 and message in err and not (tmp_path / "r" / "report.md").exists()
+    assert "=" in control or not (tmp_path / "r").exists()  # a malformed value is refused before any folder is made
+
+
+def test_control_is_a_model_axis_not_the_data_budget(everything, tmp_path, capsys):
+    url = f"sqlite:///{everything[1].parent / 'ablate.db'}"
+    code, _ = run_report(url, "everything", tmp_path / "r", "--control", "train_size=250")
+    assert code == 2 and "train_size is the data budget" in capsys.readouterr().err
+
+
+def test_a_label_of_numbers_keeps_whole_numbers_whole():
+    from ablate.engines.report.frame import label
+    frame = pd.DataFrame({"depth": [4, 8], "drop": [0.1, 0.2]})
+    assert list(label(frame, ["depth", "drop"])) == ["depth=4, drop=0.1", "depth=8, drop=0.2"]
+
+
+def test_a_run_shared_by_a_tuning_and_a_final_trial_is_timed_once(storage, tmp_path, capsys):
+    study = optuna.create_study(study_name="reuse", storage=storage, direction="maximize")
+    for spatial in ("conv", "mlp"):
+        rec = record(spatial, 4000, "none", 0) | {"run_id": f"run-{spatial}", "train_time_s": 100.0}
+        axes = {"spatial": spatial}
+        study.add_trial(create_trial(value=rec["test_acc"], user_attrs=attrs(axes, "tune", 0, rec, f"t-{spatial}")))
+        study.add_trial(final_trial(axes, rec))  # seed 0's final result is the tuning run, not a second run
+    code, doc = run_report(storage, "reuse", tmp_path / "r", capsys=capsys)
+    assert code == 0 and doc["budget"]["train_time_s_total"] == 200.0
 
 
 @pytest.mark.slow

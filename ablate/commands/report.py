@@ -53,7 +53,7 @@ def parse_control(text: str | None) -> tuple[str, str] | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    formats = parse_formats(args.format)
+    formats, control = parse_formats(args.format), parse_control(args.control)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(args.storage, args.study)
     out = Path(args.out or Path("reports") / args.study)
@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create output folder {out}: {e.strerror or e}") from None
-    summary = build(study, args.storage, out, formats, parse_control(args.control))
+    summary = build(study, args.storage, out, formats, control)
     if args.json:
         print(json.dumps(summary))
     else:

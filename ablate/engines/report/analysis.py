@@ -65,7 +65,7 @@ def analyse(study: optuna.Study, storage: str, control: tuple[str, str] | None =
     }
     a = Analysis(study, frame, final, keys, data_axis(final, keys), summary)
     if control:
-        check_control(final, a.model_keys, *control)
+        check_control(final, a.model_keys, *control, a.data_keys)
         summary["control"] = "=".join(control)
     summary["pairwise"] = pairwise(final, keys, a.model_keys, control)
     summary["anova"] = anova(final, a.model_keys + a.data_keys[:1])
@@ -82,8 +82,11 @@ def analyse(study: optuna.Study, storage: str, control: tuple[str, str] | None =
     return a
 
 
-def check_control(final: pd.DataFrame, axes: list[str], axis: str, level: str) -> None:
+def check_control(final: pd.DataFrame, axes: list[str], axis: str, level: str, data_keys: list[str]) -> None:
     """`--control AXIS=LEVEL` names an axis the arms vary and one of its levels, as the report prints them."""
+    if axis in data_keys:
+        raise UsageError(f"--control {axis}={level}: {axis} is the data budget, compared at each size by the "
+                         f"scaling fits; --control takes a model axis: {', '.join(axes) or '(none)'}")
     if axis not in axes:
         raise UsageError(f"--control {axis}={level}: {axis!r} is not an axis of this study's arms; "
                          f"valid: {', '.join(axes) or '(none)'}")

@@ -128,7 +128,7 @@ def one_factor(frame: pd.DataFrame, keys: list[str], axis: str, fields: list[str
     if identifying:
         name = identifying[0]
     else:  # a column of its own, beside the trial's attributes (arm, phase, ...) whatever the axis is called
-        name = axis if axis not in frame else f"{axis} ({' / '.join(fields)})"
+        name = axis if axis not in {*frame, *DERIVED} else f"{axis} ({' / '.join(fields)})"
         frame[name] = frame[fields].astype(str).agg(" / ".join, axis=1)
     at = keys.index(fields[0])
     return [k for k in keys[:at] if k not in fields] + [name] + [k for k in keys[at:] if k not in fields]
@@ -158,7 +158,8 @@ def label(frame: pd.DataFrame, keys: list[str], whole_arm: bool = True) -> pd.Se
         return arm.map(lambda a: a if isinstance(a, str) else "all")
     if len(keys) == 1:
         return frame[keys[0]].astype(str)
-    return frame[keys].apply(lambda r: ", ".join(f"{k}={r[k]}" for k in keys), axis=1)
+    # object columns, so that a row of numbers keeps its ints (depth=4, not depth=4.0)
+    return frame[keys].astype(object).apply(lambda r: ", ".join(f"{k}={r[k]}" for k in keys), axis=1)
 
 
 def curve_metric(final: pd.DataFrame) -> str:
@@ -180,6 +181,7 @@ def unique(frame: pd.DataFrame, column: str) -> list:
     return sorted(values, key=natural)
 
 
+DERIVED = ("arm_label", "series")  # columns the analysis adds to the frame later
 AXES = ("spatial", "channel", "preset", "dataset", "train_size", "shuffle", "epochs")  # record fields arms vary
 
 

@@ -61,5 +61,7 @@ def budget(frame: pd.DataFrame, final: pd.DataFrame) -> dict:
     doc = {k: unique(final, k) for k in ("dataset", "preset", "epochs", "steps", "train_size", "test_size", "shuffle",
                                          "device", "precision", "config.recipe", "config.batch_size", "config.lr",
                                          "config.weight_decay", "config.augment", "config.ema")}
-    doc["train_time_s_total"] = float(frame.train_time_s.sum()) if "train_time_s" in frame else 0.0
+    # a final seed-0 trial that reuses its tuning run carries the same record: count each run once
+    runs = frame[~(frame.run_id.notna() & frame.run_id.duplicated())] if "run_id" in frame else frame
+    doc["train_time_s_total"] = float(runs.train_time_s.sum()) if "train_time_s" in frame else 0.0
     return doc
