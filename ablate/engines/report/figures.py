@@ -147,12 +147,19 @@ def panels(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.Series, pd.Series, 
     return hue, col, sorted(col.unique(), key=natural)
 
 
-def panel_figure(names: list[str]):
+def panel_figure(names: list[str], blocks: int = 1):
+    """One panel per name, 3 to a row, in `blocks` stacked blocks (one per tuned value): the figure and, per block,
+    its (axis, name) pairs; the panels a block does not fill are hidden."""
     ncols = min(3, len(names))
-    fig, axes = new_figure(-(-len(names) // ncols), ncols, width=5.0, height=3.6)
-    for ax in axes.flat[len(names):]:
-        ax.set_visible(False)
-    return fig, list(zip(axes.flat, names))
+    rows = -(-len(names) // ncols)
+    fig, axes = new_figure(blocks * rows, ncols, width=5.0, height=3.6)
+    grids = []
+    for b in range(blocks):
+        block = list(axes[b * rows:(b + 1) * rows].flat)
+        for ax in block[len(names):]:
+            ax.set_visible(False)
+        grids.append(list(zip(block, names)))
+    return fig, grids
 
 
 def plot_curves(figs: Figures, final: pd.DataFrame, keys: list[str]) -> None:
@@ -162,7 +169,7 @@ def plot_curves(figs: Figures, final: pd.DataFrame, keys: list[str]) -> None:
     long = pd.DataFrame([{"hue": h, "col": c, "epoch": e["epoch"], metric: e[metric]}
                          for h, c, hist in zip(hue, col, final.history) for e in hist])
     colors = palette(long.hue)
-    fig, grid = panel_figure(names)
+    fig, (grid,) = panel_figure(names)
     for ax, name in grid:
         sns.lineplot(data=long[long.col == name], x="epoch", y=metric, hue="hue", palette=colors,
                      errorbar="sd", marker="o", ax=ax)
@@ -178,7 +185,7 @@ def plot_tuning_history(figs: Figures, tune: pd.DataFrame, keys: list[str], valu
     tune = tune.sort_values("number")
     hue, col, names = panels(tune, keys)
     colors = palette(hue)
-    fig, grid = panel_figure(names)
+    fig, (grid,) = panel_figure(names)
     for ax, panel in grid:
         for arm, g in tune[col == panel].groupby(hue[col == panel]):
             step = np.arange(1, len(g) + 1)
@@ -216,15 +223,10 @@ def plot_tuning_slice(figs: Figures, tune: pd.DataFrame, spaces: dict[str, BaseD
     shows as a line still climbing there."""
     hue, col, names = panels(tune, keys)
     colors = palette(hue)
-    ncols = min(3, len(names))
-    rows_each = -(-len(names) // ncols)
-    fig, axes = new_figure(len(spaces) * rows_each, ncols, width=5.0, height=3.6)
-    for i, (column, space) in enumerate(spaces.items()):
-        block = list(axes[i * rows_each:(i + 1) * rows_each].flat)
-        for ax in block[len(names):]:
-            ax.set_visible(False)
+    fig, grids = panel_figure(names, blocks=len(spaces))
+    for (column, space), block in zip(spaces.items(), grids):
         grid = isinstance(space, CategoricalDistribution)
-        for ax, panel in zip(block, names):
+        for ax, panel in block:
             for arm, g in tune[col == panel].groupby(hue[col == panel]):
                 done, pruned = g[g.state == "COMPLETE"], g[g.state == "PRUNED"]
                 ax.scatter(pruned[column], pruned[value], color=colors[arm], s=24, marker="x")
