@@ -211,7 +211,7 @@ def test_report_says_which_arms_were_still_learning(everything, storage, tmp_pat
     for row in doc["convergence"]:
         assert row["metric"] == "test_acc" and row["interval"] == [[EPOCHS - 1, EPOCHS]]
         assert row["last_gain_mean"] == pytest.approx(0.1) and row["peaked_last"] == row["n"]
-        assert row["peak_epochs"] == [EPOCHS] * row["n"]
+        assert row["axis"] == "epoch" and row["peaks"] == [EPOCHS] * row["n"]
     assert f"**{len(doc['arms'])} of {len(doc['arms'])} arms were still rising at the last evaluation" in (
         out / "report.md").read_text()
     study = optuna.create_study(study_name="peaked", storage=storage, direction="maximize")
@@ -227,11 +227,29 @@ def test_report_says_which_arms_were_still_learning(everything, storage, tmp_pat
     rows = {r["arm"]: r for r in peaked["convergence"]}
     assert code == 0 and set(rows) == set(curves) and rows["pool"]["n"] == 0
     assert all(rows[a]["peaked_last"] == 0 and rows[a]["last_gain_mean"] == pytest.approx(-0.01)
-               and rows[a]["peak_epochs"] == [4, 4] for a in ("mlp", "conv"))
+               and rows[a]["peaks"] == [4, 4] for a in ("mlp", "conv"))
     assert rows["attention"]["peaked_last"] == rows["attention"]["n"] == 1
     md = (tmp_path / "r" / "report.md").read_text()
     assert "still rising at the last evaluation" not in md
     assert "Left out, fewer than 2 evaluations of val_acc in every run: pool." in md
+
+
+def test_curves_of_a_step_budget_run_along_steps(storage, tmp_path, capsys):
+    """At equal steps the epochs differ with the train size, so the curves and the last interval are in steps."""
+    study = optuna.create_study(study_name="stepped", storage=storage, direction="maximize")
+    for train_size in (1000, 8000):
+        for seed in (0, 1):
+            rec = {**record("mlp", train_size, "none", seed), "budget": "steps", "steps": 800}
+            rec["history"] = [{"epoch": step * 256 / train_size, "step": step, "val_acc": 0.7 + step / 1e4,
+                               "test_acc": None} for step in (400, 600, 800)]
+            study.add_trial(final_trial({"train_size": train_size}, rec))
+    code, doc = run_report(storage, "stepped", tmp_path / "r", capsys=capsys)
+    assert code == 0 and len(doc["convergence"]) == 2
+    for row in doc["convergence"]:
+        assert row["axis"] == "step" and row["interval"] == [[600, 800]] and row["peaks"] == [800, 800]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "over the last evaluation interval (step 600 to 800)" in md and "| peak steps |" in md
+    assert "Validation accuracy per step" in md
 
 
 def test_shuffle_table_gives_relative_change(everything):

@@ -15,7 +15,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from ...foundations.io import atomic_write
 from .analysis import Analysis, reference_arms
-from .frame import curve_metric, label, natural, sort_key, value_names
+from .frame import curve_axis, curve_metric, label, natural, sort_key, value_names
 from .scaling import power_law
 from .stats import dominated
 
@@ -164,19 +164,19 @@ def panel_figure(names: list[str], blocks: int = 1):
 
 def plot_curves(figs: Figures, final: pd.DataFrame, keys: list[str]) -> None:
     hue, col, names = panels(final, keys)
-    metric = curve_metric(final)
+    metric, x = curve_metric(final), curve_axis(final)
     split = "validation" if metric == "val_acc" else "test"
-    long = pd.DataFrame([{"hue": h, "col": c, "epoch": e["epoch"], metric: e[metric]}
+    long = pd.DataFrame([{"hue": h, "col": c, x: e[x], metric: e[metric]}
                          for h, c, hist in zip(hue, col, final.history) for e in hist])
     colors = palette(long.hue)
     fig, (grid,) = panel_figure(names)
     for ax, name in grid:
-        sns.lineplot(data=long[long.col == name], x="epoch", y=metric, hue="hue", palette=colors,
+        sns.lineplot(data=long[long.col == name], x=x, y=metric, hue="hue", palette=colors,
                      errorbar="sd", marker="o", ax=ax)
         ax.set(title=name or None, ylabel=f"{split} accuracy")
         ax.legend(title=None, fontsize="small")
     fig.suptitle("Learning curves: mean over seeds, band = sd")
-    figs.save(fig, "curves", f"{split.capitalize()} accuracy per epoch")
+    figs.save(fig, "curves", f"{split.capitalize()} accuracy per {x}")
 
 
 def plot_tuning_history(figs: Figures, tune: pd.DataFrame, keys: list[str], value: str, name: str,

@@ -225,20 +225,20 @@ def tuning_section(s: dict) -> str:
 
 
 def convergence_section(rows: list[dict]) -> str:
-    metric = rows[0]["metric"]
+    metric, x = rows[0]["metric"], rows[0]["axis"]
     spans = sorted({tuple(i) for r in rows for i in r["interval"]})
-    span = ", ".join(f"epoch {a:g} to {b:g}" for a, b in spans)
+    span = ", ".join(f"{x} {a:g} to {b:g}" for a, b in spans)
     rising = [r for r in rows if r["n"] >= 2 and r["peaked_last"] == r["n"]]
     short = [r["arm"] for r in rows if not r["n"]]
     text = (f"## Still learning at the end?\nPer arm, the change of {metric} over the last evaluation interval "
-            f"({span}), mean ± sd over the seeds (n), and the epoch at which each seed's {metric} peaked.\n\n"
-            + markdown_table(["arm", "n", f"last change of {metric}", "peak epochs"],
+            f"({span}), mean ± sd over the seeds (n), and the {x} at which each seed's {metric} peaked.\n\n"
+            + markdown_table(["arm", "n", f"last change of {metric}", f"peak {x}s"],
                              [[r["arm"], r["n"], f"{fmt(r['last_gain_mean'], '+.4f')} ± {fmt(r['last_gain_sd'])}",
-                               ", ".join(f"{e:g}" for e in r["peak_epochs"]) or "—"] for r in rows]))
+                               ", ".join(f"{e:g}" for e in r["peaks"]) or "—"] for r in rows]))
     if rising:
         text += (f"\n\n**{len(rising)} of {len(rows)} arms were still rising at the last evaluation in every seed.** "
                  "Under a schedule that anneals the learning rate at the end this is expected and does not say that "
-                 "more epochs would raise them; it says they had not levelled off, so their comparison is at this "
+                 f"more {x}s would raise them; it says they had not levelled off, so their comparison is at this "
                  "budget, not at convergence.")
     if short:
         text += f"\n\nLeft out, fewer than 2 evaluations of {metric} in every run: {', '.join(short)}."

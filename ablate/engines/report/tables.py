@@ -3,7 +3,7 @@ import math
 
 import pandas as pd
 
-from .frame import curve_metric, label, natural, sort_key, unique
+from .frame import curve_axis, curve_metric, label, natural, sort_key, unique
 from .stats import mean_ci
 
 
@@ -27,18 +27,19 @@ def arm_table(final: pd.DataFrame, keys: list[str], failed: pd.DataFrame | None 
 
 def convergence_table(final: pd.DataFrame, keys: list[str]) -> list[dict]:
     """Per arm (in the arm table's order): the curve metric's change over the last evaluation interval (mean, sd over
-    the seeds with >= 2 evaluations, `n`) and the epoch at which each seed peaked; [] where no run has 2."""
-    metric, rows = curve_metric(final), []
+    the seeds with >= 2 evaluations, `n`) and the epoch (or step, see curve_axis) at which each seed peaked; [] where
+    no run has 2."""
+    metric, x, rows = curve_metric(final), curve_axis(final), []
     groups = sorted(final.groupby(label(final, keys)), key=lambda kv: [sort_key(k, kv[1][k].iloc[0]) for k in keys])
     for name, g in groups:
         runs = [[e for e in hist if e.get(metric) is not None] for hist in g.history]
         runs = [evals for evals in runs if len(evals) >= 2]
         peaks = [max(evals, key=lambda e: e[metric]) for evals in runs]
         gain = mean_ci([evals[-1][metric] - evals[-2][metric] for evals in runs]) if runs else {}
-        rows.append({"arm": name, "metric": metric, "n": len(runs), "last_gain_mean": gain.get("mean"),
+        rows.append({"arm": name, "metric": metric, "axis": x, "n": len(runs), "last_gain_mean": gain.get("mean"),
                      "last_gain_sd": gain.get("sd"),
-                     "interval": sorted({(evals[-2]["epoch"], evals[-1]["epoch"]) for evals in runs}),
-                     "peak_epochs": [peak["epoch"] for peak in peaks],
+                     "interval": sorted({(evals[-2][x], evals[-1][x]) for evals in runs}),
+                     "peaks": [peak[x] for peak in peaks],
                      "peaked_last": sum(peak is evals[-1] for peak, evals in zip(peaks, runs))})
     return rows if any(r["n"] for r in rows) else []
 
