@@ -276,6 +276,21 @@ def test_tuning_summary_names_each_arms_best_trial(everything):
         assert row["params"] == pytest.approx(best.params)
 
 
+
+def test_tuning_table_lists_the_arms_in_the_arm_tables_order(storage, tmp_path, capsys):
+    """Numbers by value (2000 before 10000), not as text."""
+    study = optuna.create_study(study_name="sizes", storage=storage, direction="maximize")
+    space = {"lr": CategoricalDistribution([1e-3, 3e-3])}
+    for train_size in (10000, 2000):
+        axes = {"train_size": train_size}
+        rec = {**record("mlp", train_size, "none", 0), "val_acc": 0.9}
+        study.add_trial(create_trial(value=0.9, params={"lr": 1e-3}, distributions=space,
+                                     user_attrs=attrs(axes, "tune", 0, rec, f"tune-{train_size}")))
+        study.add_trial(final_trial(axes, rec))
+    code, doc = run_report(storage, "sizes", tmp_path / "r", capsys=capsys)
+    assert code == 0 and [r["arm"] for r in doc["arms"]] == ["2000", "10000"]
+    assert [r["arm"] for r in doc["tuning"]] == [r["arm"] for r in doc["arms"]]
+
 @pytest.mark.parametrize("dist, value, edge", [
     (CategoricalDistribution([1e-3, 3e-3]), 3e-3, None),  # two values: both are ends, said once, not per arm
     (CategoricalDistribution([1e-3, 3e-3, 1e-2]), 1e-3, "low"),

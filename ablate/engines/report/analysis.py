@@ -8,7 +8,7 @@ import pandas as pd
 
 from ...foundations.errors import UsageError
 from ...foundations.storage import first_line, masked
-from .frame import (arm_keys, data_axis, final_trials, hashable, in_final, label, objective_names, reference,
+from .frame import (arm_keys, data_axis, final_trials, hashable, in_final, label, natural, objective_names, reference,
                     trials_frame, unique, value_names)
 from .compare import anova, pairwise
 from .scaling import scaling_fits
@@ -125,7 +125,9 @@ def tuning(a: Analysis) -> None:
         return
     a.tune = tune if len(tune) else None
     trials = {t.number: t for t in a.study.get_trials(deepcopy=False)}
-    for arm, g in pd.concat([tune, failed]).groupby("arm_label"):
+    order = {row["arm"]: i for i, row in enumerate(a.summary["arms"])}  # the arm table's reading order
+    groups = pd.concat([tune, failed]).groupby("arm_label")
+    for arm, g in sorted(groups, key=lambda kv: (order.get(kv[0], len(order)), natural(kv[0]))):
         done = g[g.state == "COMPLETE"]
         row = {"arm": arm, "trials": len(g), "pruned": int((g.state == "PRUNED").sum()),
                "failed": int((g.state == "FAIL").sum()), "best_value": None, "best_trial": None, "params": {},
