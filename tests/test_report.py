@@ -276,7 +276,6 @@ def test_tuning_summary_names_each_arms_best_trial(everything):
         assert row["params"] == pytest.approx(best.params)
 
 
-
 def test_tuning_table_lists_the_arms_in_the_arm_tables_order(storage, tmp_path, capsys):
     """Numbers by value (2000 before 10000), not as text."""
     study = optuna.create_study(study_name="sizes", storage=storage, direction="maximize")
@@ -290,6 +289,7 @@ def test_tuning_table_lists_the_arms_in_the_arm_tables_order(storage, tmp_path, 
     code, doc = run_report(storage, "sizes", tmp_path / "r", capsys=capsys)
     assert code == 0 and [r["arm"] for r in doc["arms"]] == ["2000", "10000"]
     assert [r["arm"] for r in doc["tuning"]] == [r["arm"] for r in doc["arms"]]
+
 
 @pytest.mark.parametrize("dist, value, edge", [
     (CategoricalDistribution([1e-3, 3e-3]), 3e-3, None),  # two values: both are ends, said once, not per arm
