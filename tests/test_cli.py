@@ -9,6 +9,8 @@ import torch
 import blocks
 from ablate.commands import main
 from ablate.foundations import runtime
+from ablate.foundations.config import RunConfig, check, resolve
+from ablate.foundations.errors import UsageError
 from conftest import files, interrupted_run
 
 RECORD_KEYS = {"spatial", "channel", "preset", "dataset", "train_size", "test_size", "seed", "epochs", "shuffle",
@@ -174,3 +176,26 @@ def test_same_results_to_the_last_digit_as_before_the_refactor(tmp_path, capsys,
     record = json.loads(out.out)
     assert (record["params"], record["macs"]) == (golden["params"], golden["macs"])
     assert [[h["train_loss"], h["test_acc"], h["test_loss"]] for h in record["history"]] == golden["history"]
+
+
+def test_a_recipe_fills_what_was_left_unset_and_flags_win():
+    bundle = resolve(RunConfig(recipe="long-aug"))
+    assert (bundle.epochs, bundle.batch_size, bundle.augment, bundle.ema) == (20, 128, True, 0.999)
+    mine = resolve(RunConfig(recipe="long-aug", batch_size=256, augment=False))
+    assert (mine.epochs, mine.batch_size, mine.augment) == (20, 256, False)
+    assert resolve(RunConfig()).batch_size == resolve(RunConfig(recipe="long")).batch_size == 256
+
+
+@pytest.mark.parametrize("options, key", [({}, "7bb332e46b"), ({"recipe": "long"}, "2fc7652b17"),
+                                          ({"recipe": "long", "augment": True, "lr": 3e-3, "preset": "tiny-hier"},
+                                           "11320b3c64")])
+def test_batch_size_in_the_recipes_keeps_the_keys_of_stored_runs(options, key):
+    """Studies and --resume find runs by key; these keys were computed before batch_size became a recipe option
+    (commit 5b50d2a), so the committed studies' cells still resume."""
+    assert RunConfig(**options).key() == key
+
+
+def test_mixup_takes_the_recipes_batch_and_refuses_an_odd_one():
+    check(RunConfig(mixup=0.2))  # the batch comes from the recipe: 256
+    with pytest.raises(UsageError, match="batch_size 255 must be even"):
+        check(RunConfig(mixup=0.2, batch_size=255))

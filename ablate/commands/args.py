@@ -63,7 +63,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-each-eval", action="store_true",
                    help="evaluate the test set at every evaluation too (default: validation at every evaluation, "
                         "test after the last step; with no validation split, test at every evaluation)")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="the global batch (default: the recipe's)")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, warm-up + cosine)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup", type=float, default=d.warmup,
@@ -71,8 +71,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "budget)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--recipe", choices=RECIPES, default=d.recipe,
-                   help="a tested bundle of training options (epochs, augmentation, Mixup/CutMix, random erasing, "
-                        "EMA, drop path); the flags below override its parts: "
+                   help="a tested bundle of training options (epochs, batch size, augmentation, Mixup/CutMix, random "
+                        "erasing, EMA, drop path); the flags below override its parts: "
                         + "; ".join(f"{name}: {recipe_text(name)}" for name in RECIPES))
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + horizontal flip, batched (default: the recipe's)")
