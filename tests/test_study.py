@@ -452,6 +452,22 @@ def test_shipped_experiment_files_parse_and_name_their_command(path):
     assert len(exp.seeds) >= 3 and len(exp.arms) >= 3
 
 
+def test_benchmark_experiment_files_parse_name_their_command_and_keep_apart():
+    """They share one storage (benchmarks/results/time_to_accuracy.db): a reused study name would mix two runs' cells."""
+    from ablate.engines.study import experiment as experiment_file
+    paths = sorted((ROOT / "benchmarks").glob("time_to_accuracy*.toml"))
+    names = []
+    for path in paths:
+        exp = experiment_file.load(path)
+        header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+        command = "python benchmarks/time_to_accuracy.py" + (
+            "" if path.name == "time_to_accuracy.toml" else f" --experiment benchmarks/{path.name}")
+        assert header[0].startswith(f"# Command: {command}") and any(h.startswith("# Result") for h in header)
+        assert exp.seeds == [0, 1, 2] and set(exp.fields["spatial"]) == {"attention", "mlp", "conv"}
+        names.append(exp.name)
+    assert len(paths) >= 4 and len(set(names)) == len(names)
+
+
 def test_shipped_experiments_meet_the_minimum_sizes():
     """The pre-registered program (issue 16): the sizes and designs its experiment files promise."""
     from ablate.engines.study import experiment as experiment_file
