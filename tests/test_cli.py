@@ -166,16 +166,21 @@ GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_runs.json").read_t
 
 
 @pytest.mark.parametrize("golden", GOLDEN["runs"], ids=lambda g: g["argv"][1])
-def test_same_results_to_the_last_digit_as_before_the_refactor(tmp_path, capsys, golden):
+def test_same_training_to_the_last_digit_as_before_the_refactor(tmp_path, capsys, golden):
     """Short synthetic runs recorded with the code before the one-way-layers refactor (tests/data): the same
-    parameters, MACs and per-epoch train loss, test accuracy and test loss, to the last digit, on CPU in fp32 (the
-    only CPU precision then)."""
+    parameters, MACs and per-epoch train loss to the last digit, on CPU in fp32 (the only CPU precision then). The
+    test accuracy and loss only nearly: evaluation's larger batches take CPU kernels that differ between machines of
+    one kind (on a Xeon with AMX, 2026-12-05: test loss off by up to 0.8% and accuracy by up to 7 of 500 images,
+    while every train loss matched); the bounds leave twice that."""
     code = main([*golden["argv"], "--precision", "fp32", "--out", str(tmp_path), "--json"])
     out = capsys.readouterr()
     assert code == 0, out.err
     record = json.loads(out.out)
     assert (record["params"], record["macs"]) == (golden["params"], golden["macs"])
-    assert [[h["train_loss"], h["test_acc"], h["test_loss"]] for h in record["history"]] == golden["history"]
+    assert [h["train_loss"] for h in record["history"]] == [train_loss for train_loss, _, _ in golden["history"]]
+    for h, (_, test_acc, test_loss) in zip(record["history"], golden["history"], strict=True):
+        assert h["test_acc"] == pytest.approx(test_acc, abs=0.03)
+        assert h["test_loss"] == pytest.approx(test_loss, rel=0.02)
 
 
 def test_a_recipe_fills_what_was_left_unset_and_flags_win():
