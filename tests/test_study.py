@@ -468,6 +468,30 @@ def test_benchmark_experiment_files_parse_name_their_command_and_keep_apart():
     assert len(paths) >= 4 and len(set(names)) == len(names)
 
 
+def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
+    """A study with a [search] holds tuning runs too: the benchmark's table takes the final runs only, and each row
+    says the lr its runs trained with."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", ROOT / "benchmarks" / "time_to_accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def trial(spatial: str, phase: str, seed: int, lr: float, accs: list[float]) -> optuna.trial.FrozenTrial:
+        history = [{"epoch": i + 1, "time_s": 60.0, "test_acc": a} for i, a in enumerate(accs)]
+        record = {"spatial": spatial, "history": history, "test_acc": accs[-1], "train_img_s": 500.0, "macs": 1e7,
+                  "matmul_flops": 1e11, "config": {"lr": lr}}
+        return optuna.trial.create_trial(value=accs[-1], user_attrs={"phase": phase, "seed": seed, "record": record})
+
+    trials = [trial("mlp", "tune", 0, 2e-3, [0.80, 0.85]),  # the losing candidate: not in the table
+              *(trial("mlp", "final", s, 1e-3, [0.91, 0.93]) for s in (0, 1, 2)),
+              trial("conv", "final", 0, 2e-3, [0.95, 0.96])]
+    records = bench.final_records(trials)
+    assert {k: len(v) for k, v in records.items()} == {"mlp": 3, "conv": 1}
+    rows = {line.split(" | ")[0].strip("| "): line for line in bench.table(records).splitlines()[2:]}
+    assert rows["mlp"].startswith("| mlp | 0.001 | 3 | 1.0 ep, 1.0 min | 2.0 ep, 2.0 min | 2.0 ep, 2.0 min |")
+    assert "0.9300 ± 0.0000" in rows["mlp"] and "| conv | 0.002 | 1 |" in rows["conv"]
+
+
 def test_shipped_experiments_meet_the_minimum_sizes():
     """The pre-registered program (issue 16): the sizes and designs its experiment files promise."""
     from ablate.engines.study import experiment as experiment_file
