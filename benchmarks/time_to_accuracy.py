@@ -101,8 +101,9 @@ def main() -> None:
         raise SystemExit(code)
     name = tomllib.loads(args.experiment.read_text())["study"]["name"]
     study = optuna.load_study(study_name=name, storage=args.storage)
-    records = final_records(study.get_trials(states=[optuna.trial.TrialState.COMPLETE]))
-    tuned = any(t.user_attrs.get("phase") == "tune" for t in study.trials)
+    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    records = final_records(trials)
+    tuned = any(t.user_attrs.get("phase") == "tune" for t in trials)
     if not records:
         raise SystemExit(f"study {name!r} has no finished run to describe (see `ablate report` for its failures)")
     command = "python " + " ".join(sys.argv)
