@@ -8,7 +8,8 @@ the machine's measured matmul peak beside every time (absolute times compare onl
 
 The runs are the study in the experiment file (resumable from its storage); this script runs what is missing, then
 reads the records: every run's history has the test accuracy and the wall time of each epoch, and its record the
-matmul peak its process measured (in the precision it trained in).
+matmul peak its process measured (in the precision it trained in). A study with a [search] tunes each arm's lr on
+seed 0's validation accuracy first; the file then lists those tuning runs, and its table describes the final runs.
 """
 import argparse
 import statistics
@@ -53,10 +54,10 @@ def table(records_by_mixer: dict[str, list[dict]]) -> str:
         rate = statistics.fmean(r["train_img_s"] for r in records)
         peak = statistics.fmean(r["matmul_flops"] for r in records)
         mfu = statistics.fmean(6 * r["macs"] * r["train_img_s"] / r["matmul_flops"] for r in records)
-        sd = statistics.stdev(final) if len(final) > 1 else float("nan")
+        spread = f"± {statistics.stdev(final):.4f}" if len(final) > 1 else "(one seed: no sd)"
         lrs = ", ".join(f"{lr:g}" for lr in sorted({r["config"]["lr"] for r in records}))
         lines.append(f"| {spatial} | {lrs} | {len(records)} | " + " | ".join(mean_reach(records, t) for t in THRESHOLDS)
-                     + f" | {statistics.fmean(final):.4f} ± {sd:.4f} | {rate:,.0f} | {mfu:.1%} | "
+                     + f" | {statistics.fmean(final):.4f} {spread} | {rate:,.0f} | {mfu:.1%} | "
                      f"{peak / 1e9:.0f} GFLOP/s |")
     return "\n".join(lines)
 
@@ -70,6 +71,27 @@ def final_records(trials: list[optuna.trial.FrozenTrial]) -> dict[str, list[dict
             record = t.user_attrs["record"]
             records.setdefault(record["spatial"], []).append(record)
     return records
+
+
+def tuning_table(trials: list[optuna.trial.FrozenTrial], records: dict[str, list[dict]]) -> str:
+    """The tuning runs behind each arm's lr (seed 0 at every candidate): validation accuracy chose, the test accuracy
+    is reported, not used. A chosen lr at an end of the candidates is flagged: the grid does not bracket that arm's
+    optimum, which may lie beyond it."""
+    tried: dict[str, dict[float, dict]] = {}
+    for t in trials:
+        if t.user_attrs.get("phase") == "tune":
+            record = t.user_attrs["record"]
+            tried.setdefault(record["spatial"], {})[record["config"]["lr"]] = record
+    if not tried:
+        return ""
+    lines = ["| spatial | lr | val acc | test acc (not used) | chosen |", "|---|---:|---:|---:|---|"]
+    for spatial, by_lr in sorted(tried.items()):
+        chosen = {r["config"]["lr"] for r in records.get(spatial, [])}
+        ends = {min(by_lr): " (the lowest candidate)", max(by_lr): " (the highest candidate)"}
+        for lr, r in sorted(by_lr.items()):
+            mark = "yes" + ends.get(lr, "") if lr in chosen else ""
+            lines.append(f"| {spatial} | {lr:g} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | {mark} |")
+    return "\n".join(lines)
 
 
 def setup(record: dict, workers: int) -> str:
@@ -103,13 +125,13 @@ def main() -> None:
     study = optuna.load_study(study_name=name, storage=args.storage)
     trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     records = final_records(trials)
-    tuned = any(t.user_attrs.get("phase") == "tune" for t in trials)
     if not records:
         raise SystemExit(f"study {name!r} has no finished run to describe (see `ablate report` for its failures)")
     command = "python " + " ".join(sys.argv)
     first = next(iter(records.values()))[0]
-    chosen = (" Each arm's lr was chosen on seed 0's validation accuracy by the study's tuning runs; seed 0's row is "
-              "that tuning run." if tuned else "")
+    tuning = tuning_table(trials, records)
+    chosen = ("\n\nEach arm's lr was chosen on seed 0's validation accuracy by the study's tuning runs (the final "
+              "seed-0 run is that tuning run):\n\n" + tuning if tuning else "")
     text = (f"# Time to accuracy on Fashion-MNIST: {name}\n\nCommand: `{command}`\n\n{setup(first, args.workers)}"
             f"{chosen}\n\n" + table(dict(sorted(records.items()))) + "\n")
     print(text)

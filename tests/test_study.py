@@ -478,11 +478,12 @@ def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
 
     def trial(spatial: str, phase: str, seed: int, lr: float, accs: list[float]) -> optuna.trial.FrozenTrial:
         history = [{"epoch": i + 1, "time_s": 60.0, "test_acc": a} for i, a in enumerate(accs)]
-        record = {"spatial": spatial, "history": history, "test_acc": accs[-1], "train_img_s": 500.0, "macs": 1e7,
-                  "matmul_flops": 1e11, "config": {"lr": lr}}
+        record = {"spatial": spatial, "history": history, "test_acc": accs[-1], "val_acc": accs[-1] - 0.01,
+                  "train_img_s": 500.0, "macs": 1e7, "matmul_flops": 1e11, "config": {"lr": lr}}
         return optuna.trial.create_trial(value=accs[-1], user_attrs={"phase": phase, "seed": seed, "record": record})
 
     trials = [trial("mlp", "tune", 0, 2e-3, [0.80, 0.85]),  # the losing candidate: not in the table
+              trial("mlp", "tune", 0, 1e-3, [0.91, 0.93]),  # the winner, whose seed-0 final reuses it
               *(trial("mlp", "final", s, 1e-3, [0.91, 0.93]) for s in (0, 1, 2)),
               trial("conv", "final", 0, 2e-3, [0.95, 0.96])]
     records = bench.final_records(trials)
@@ -490,6 +491,11 @@ def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
     rows = {line.split(" | ")[0].strip("| "): line for line in bench.table(records).splitlines()[2:]}
     assert rows["mlp"].startswith("| mlp | 0.001 | 3 | 1.0 ep, 1.0 min | 2.0 ep, 2.0 min | 2.0 ep, 2.0 min |")
     assert "0.9300 ± 0.0000" in rows["mlp"] and "| conv | 0.002 | 1 |" in rows["conv"]
+    assert "0.9600 (one seed: no sd)" in rows["conv"]  # not a made-up spread
+    tuning = bench.tuning_table(trials, records).splitlines()[2:]
+    assert tuning == ["| mlp | 0.001 | 0.9200 | 0.9300 | yes (the lowest candidate) |",
+                      "| mlp | 0.002 | 0.8400 | 0.8500 |  |"]
+    assert bench.tuning_table([t for t in trials if t.user_attrs["phase"] == "final"], records) == ""
 
 
 def test_shipped_experiments_meet_the_minimum_sizes():
