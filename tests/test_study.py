@@ -482,7 +482,7 @@ def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
                   "train_img_s": 500.0, "macs": 1e7, "matmul_flops": 1e11, "config": {"lr": lr}}
         return optuna.trial.create_trial(value=accs[-1], user_attrs={"phase": phase, "seed": seed, "record": record})
 
-    trials = [trial("mlp", "tune", 0, 2e-3, [0.80, 0.85]),  # the losing candidate: not in the table
+    trials = [trial("mlp", "tune", 0, 2e-3, [0.80, 0.85]),  # the losing candidate: not in the final runs' table
               trial("mlp", "tune", 0, 1e-3, [0.91, 0.93]),  # the winner, whose seed-0 final reuses it
               *(trial("mlp", "final", s, 1e-3, [0.91, 0.93]) for s in (0, 1, 2)),
               trial("conv", "final", 0, 2e-3, [0.95, 0.96])]
