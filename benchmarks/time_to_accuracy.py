@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 
 from ablate.commands import main as ablate
+from ablate.engines.report.analysis import is_two_value_grid, range_edges
 from ablate.foundations.io import atomic_write
 
 HERE = Path(__file__).parent
@@ -77,21 +78,33 @@ def tuning_table(trials: list[optuna.trial.FrozenTrial], records: dict[str, list
     """The tuning runs behind each arm's lr (seed 0 at every candidate): validation accuracy chose, the test accuracy
     is reported, not used. A chosen lr at an end of the candidates is flagged: the grid does not bracket that arm's
     optimum, which may lie beyond it."""
-    tried: dict[str, dict[float, dict]] = {}
+    tried: dict[str, dict[float, optuna.trial.FrozenTrial]] = {}
     for t in trials:
         if t.user_attrs.get("phase") == "tune":
-            record = t.user_attrs["record"]
-            tried.setdefault(record["spatial"], {})[record["config"]["lr"]] = record
+            tried.setdefault(t.user_attrs["record"]["spatial"], {})[t.params["lr"]] = t
     if not tried:
         return ""
     lines = ["| spatial | lr | val acc | test acc (not used) | chosen |", "|---|---:|---:|---:|---|"]
     for spatial, by_lr in sorted(tried.items()):
         chosen = {r["config"]["lr"] for r in records.get(spatial, [])}
-        ends = {min(by_lr): " (the lowest candidate)", max(by_lr): " (the highest candidate)"}
-        for lr, r in sorted(by_lr.items()):
-            mark = "yes" + ends.get(lr, "") if lr in chosen else ""
+        for lr, t in sorted(by_lr.items()):
+            r = t.user_attrs["record"]
+            mark = "yes" + END_OF_RANGE.get(lr_edge(t), "") if lr in chosen else ""
             lines.append(f"| {spatial} | {lr:g} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | {mark} |")
     return "\n".join(lines)
+
+
+END_OF_RANGE = {"low": " (the lowest candidate)", "high": " (the highest candidate)"}
+
+
+def lr_edge(trial: optuna.trial.FrozenTrial) -> str | None:
+    """"low"/"high" where the trial's lr sits on an end of its search space, as `ablate report` judges it
+    (range_edges). A grid of two values has no inside, so its choice is always an end (range_edges leaves that case to
+    the report's sentence about it)."""
+    dist = trial.distributions["lr"]
+    if is_two_value_grid(dist):
+        return "low" if trial.params["lr"] == min(dist.choices) else "high"
+    return range_edges(trial).get("lr")
 
 
 def setup(record: dict, workers: int) -> str:

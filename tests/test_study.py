@@ -476,11 +476,15 @@ def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
 
-    def trial(spatial: str, phase: str, seed: int, lr: float, accs: list[float]) -> optuna.trial.FrozenTrial:
+    grid = optuna.distributions.CategoricalDistribution([1e-3, 2e-3])
+
+    def trial(spatial: str, phase: str, seed: int, lr: float, accs: list[float],
+              grid: optuna.distributions.BaseDistribution = grid) -> optuna.trial.FrozenTrial:
         history = [{"epoch": i + 1, "time_s": 60.0, "test_acc": a} for i, a in enumerate(accs)]
         record = {"spatial": spatial, "history": history, "test_acc": accs[-1], "val_acc": accs[-1] - 0.01,
                   "train_img_s": 500.0, "macs": 1e7, "matmul_flops": 1e11, "config": {"lr": lr}}
-        return optuna.trial.create_trial(value=accs[-1], user_attrs={"phase": phase, "seed": seed, "record": record})
+        return optuna.trial.create_trial(value=accs[-1], params={"lr": lr}, distributions={"lr": grid},
+                                         user_attrs={"phase": phase, "seed": seed, "record": record})
 
     trials = [trial("mlp", "tune", 0, 2e-3, [0.80, 0.85]),  # the losing candidate: not in the final runs' table
               trial("mlp", "tune", 0, 1e-3, [0.91, 0.93]),  # the winner, whose seed-0 final reuses it
@@ -496,6 +500,10 @@ def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
     assert tuning == ["| mlp | 0.001 | 0.9200 | 0.9300 | yes (the lowest candidate) |",
                       "| mlp | 0.002 | 0.8400 | 0.8500 |  |"]
     assert bench.tuning_table([t for t in trials if t.user_attrs["phase"] == "final"], records) == ""
+    # a continuous range: the lowest lr tried is not an end of the range searched, so it is not flagged as one
+    span = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    inside = [trial("mlp", "tune", 0, lr, [0.80, acc], span) for lr, acc in ((1e-3, 0.93), (2e-3, 0.85))]
+    assert "| mlp | 0.001 | 0.9200 | 0.9300 | yes |" in bench.tuning_table(inside, records).splitlines()
 
 
 def test_shipped_experiments_meet_the_minimum_sizes():
