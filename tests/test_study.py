@@ -148,7 +148,37 @@ def test_a_cell_reuses_or_continues_only_runs_of_its_own_precision(tmp_path):
         (run_dir / "record.json").write_text(json.dumps(record))
         (run_dir / "checkpoint.pt").write_bytes(b"")
     assert worker.finished_run(bf16) is None and worker.unfinished_run(bf16) is None
-    assert worker.finished_run(fp32)["status"] == "done" and worker.unfinished_run(fp32) == running_dir
+    assert worker.finished_run(fp32) == (done_dir, json.loads((done_dir / "record.json").read_text()))
+    assert worker.unfinished_run(fp32) == running_dir
+
+
+def test_a_study_takes_identical_finished_runs_of_the_studies_it_reuses(tmp_path, capsys):
+    """[study].reuse: a cell whose config and precision equal a finished run of a listed study takes that run (its
+    record, and the trial says where from); every other cell trains. A study not under --out is exit 2."""
+    out, url = tmp_path / "runs", f"sqlite:///{tmp_path}/s.db"
+    first = experiment(tmp_path, '[study]\nname = "first"\nseeds = [0]\n[arms]\nspatial = ["conv"]\n')
+    rc, _, err = study(capsys, str(first), "--storage", url, "--out", str(out))
+    assert rc == 0, err
+    earlier = trials("first", url)[0].user_attrs["record"]
+
+    second = experiment(tmp_path, '[study]\nname = "second"\nseeds = [0, 1]\nreuse = ["first"]\n'
+                                  '[arms]\nspatial = ["conv", "pool"]\n')
+    rc, doc, err = study(capsys, str(second), "--storage", url, "--out", str(out))
+    assert rc == 0, err
+    assert doc["cells"]["done"] == 4 and "reusing the finished run" in err
+    ts = {(t.user_attrs["arm"], t.user_attrs["seed"]): t for t in trials("second", url)}
+    taken = ts["spatial=conv", 0]
+    assert taken.user_attrs["record"] == earlier and taken.value == earlier["val_acc"]
+    assert taken.user_attrs["reused_run"] == earlier["run_dir"]
+    for key in [("spatial=conv", 1), ("spatial=pool", 0), ("spatial=pool", 1)]:  # another seed or mixer: trained
+        assert "reused_run" not in ts[key].user_attrs
+        assert Path(ts[key].user_attrs["record"]["run_dir"]).is_relative_to(out / "second")
+    assert len(list(out.glob("second/*/*/*/record.json"))) == 3
+
+    missing = experiment(tmp_path, '[study]\nname = "third"\nreuse = ["frist"]\n')
+    rc, _, err = study(capsys, str(missing), "--storage", url, "--out", str(out))
+    assert rc == 2 and "[study].reuse: no run folders of study 'frist' under --out" in err, err
+    assert "third" not in optuna.get_all_study_names(url)  # refused before the study is created
 
 
 def test_pruner_prunes_a_tuning_trial(tmp_path, capsys):
@@ -329,6 +359,8 @@ def test_workers_share_a_journal_file(tmp_path, capfd):
     ('[search]\nlr = { low = 1e-4, hi = 1e-2 }\n', "unknown [search].lr key 'hi'; valid: low, high, log, step"),
     ('[study]\nsampler = "grid"\n[search]\nlr = { low = 1e-4, high = 1e-2 }\n', "[search].lr: sampler \"grid\" needs"),
     ('[study]\ntrials_per_arm = 2\n', "[study].trials_per_arm needs a [search] section"),
+    ('[study]\nname = "a"\nreuse = ["b", "a"]\n', "[study].reuse must list other studies, each once"),
+    ('[study]\nreuse = [1]\n', "[study].reuse must be "),
     ('[arms]\ndata = [{ train_size = 100 }, { epochs = 2 }]\n', "[arms].data: every table of a linked axis must set"),
     ('[arms]\ndata = [1, 2]\n', "[arms].data: unknown run option 'data'"),
     ('[arms]\nepochs = [1, 2]\ndata = [{ epochs = 3 }]\n', "epochs is set both in [arms].epochs and by [arms].data"),
@@ -504,6 +536,16 @@ def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
     span = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
     inside = [trial("mlp", "tune", 0, lr, [0.80, acc], span) for lr, acc in ((1e-3, 0.93), (2e-3, 0.85))]
     assert "| mlp | 0.001 | 0.9200 | 0.9300 | yes |" in bench.tuning_table(inside, records).splitlines()
+    # runs taken from another study ([study].reuse) are named; one reused within the study is not
+    taken, own = trials[1], trials[2]
+    taken.user_attrs.update(reused_run="runs/earlier/spatial=mlp/tune-1/20261204-mlp-s0")
+    own.user_attrs.update(reused_run="runs/now/spatial=mlp/tune-1/20261205-mlp-s0")
+    for t in trials:
+        t.user_attrs["record"].update(seed=t.user_attrs["seed"])
+    note = bench.reused_note(trials, "now")
+    assert note.strip() == ("Taken from study `earlier` (identical config and precision, not trained again; wall times "
+                            "and matmul peaks are those of the earlier run): mlp lr 0.001 seed 0.")
+    assert bench.reused_note(trials[2:], "now") == ""
 
 
 def test_shipped_experiments_meet_the_minimum_sizes():

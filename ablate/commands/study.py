@@ -2,6 +2,7 @@
 storage, started by a launcher (engines.study.launchers)."""
 import argparse
 import json
+from pathlib import Path
 
 from ..engines.study import experiment
 from ..engines.study.board import load_board, open_study
@@ -54,6 +55,10 @@ def main(args: argparse.Namespace) -> int:
                          f"(postgresql://...) or a journal file on a shared filesystem (journal:/shared/x.journal)")
     if launcher.check:
         launcher.check(args)
+    missing = [name for name in exp.reuse if not (Path(args.out) / name).is_dir()]
+    if missing:
+        raise UsageError(f"[study].reuse: no run folders of study {', '.join(map(repr, missing))} under --out "
+                         f"{args.out} (a reused run is looked up in <out>/<study>/); check the name and --out")
     board = open_study(exp, open_storage(args.storage, heartbeat=args.heartbeat))
     try:
         rc = launcher.launch(exp, board, args)

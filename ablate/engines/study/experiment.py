@@ -30,7 +30,7 @@ TEST_METRICS = ("test_acc", "test_loss")  # recorded and reported, never an obje
 SAMPLERS = {"grid": None, "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 PRUNERS = {"none": None, "median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}
 STUDY_KEYS = ("name", "metric", "direction", "directions", "sampler", "sampler_options", "pruner", "pruner_options",
-              "trials_per_arm", "seeds")
+              "trials_per_arm", "seeds", "reuse")
 SECTIONS = ("study", "run", "arms", "search")
 NOT_SETTABLE = ("seed", "out")  # seeds come from [study].seeds, the folder from `study --out`
 RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in NOT_SETTABLE}
@@ -61,6 +61,7 @@ class Experiment:
     run: dict                      # fixed RunConfig fields
     axes: dict                     # axis -> list of values (tables for a linked axis); every combination is an arm
     search: dict = field(default_factory=dict)  # field -> optuna distribution, tuned per arm
+    reuse: list[str] = field(default_factory=list)  # studies under the same --out whose identical runs are taken
 
     @property
     def arms(self) -> list[Arm]:
@@ -144,11 +145,14 @@ def parse(doc: dict, path: Path) -> Experiment:
     if not seeds or len(set(seeds)) != len(seeds):
         raise UsageError(f"[study].seeds must list distinct whole numbers, got {seeds}")
     trials_per_arm = typed("[study].trials_per_arm", study.get("trials_per_arm", 0), int)
+    reuse = as_list("[study].reuse", study.get("reuse", []), str)
+    if name in reuse or len(set(reuse)) != len(reuse):
+        raise UsageError(f"[study].reuse must list other studies, each once, got {reuse} in study {name!r}")
     run, axes, search = run_options(run, axes, search)
     exp = Experiment(path, name, metrics, directions, sampler,
                      options("[study].sampler_options", study.get("sampler_options", {}), SAMPLERS[sampler]),
                      pruner, options("[study].pruner_options", study.get("pruner_options", {}), PRUNERS[pruner]),
-                     trials_per_arm, seeds, run, axes, search)
+                     trials_per_arm, seeds, run, axes, search, reuse)
     check_tuning(exp)
     for arm in exp.arms:
         check_arm({**run, **arm.axes}, exp.metrics)
