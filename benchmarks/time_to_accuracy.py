@@ -131,7 +131,8 @@ def reused_note(trials: list[optuna.trial.FrozenTrial], name: str) -> str:
         run = Path(t.user_attrs.get("reused_run", "."))  # <out>/<study>/<arm>/<cell>/<run>
         if len(run.parts) > 3 and run.parents[2].name != name:
             r = t.user_attrs["record"]
-            taken.setdefault(run.parents[2].name, set()).add(f"{r['spatial']} lr {r['config']['lr']:g} seed {r['seed']}")
+            label = f"{r['spatial']} lr {r['config']['lr']:g} seed {r['seed']}"
+            taken.setdefault(run.parents[2].name, set()).add(label)
     return "".join(f"\n\nTaken from study `{study}` (identical config and precision, not trained again; wall times and "
                    f"matmul peaks are those of the earlier run): {', '.join(sorted(runs))}."
                    for study, runs in sorted(taken.items()))
