@@ -488,7 +488,7 @@ def test_benchmark_experiment_files_parse_name_their_command_and_keep_apart():
     """They share one storage (benchmarks/results/time_to_accuracy.db): a reused study name would mix two runs' cells."""
     from ablate.engines.study import experiment as experiment_file
     paths = sorted((ROOT / "benchmarks").glob("time_to_accuracy*.toml"))
-    names = []
+    names, reused = [], []
     for path in paths:
         exp = experiment_file.load(path)
         header = [line for line in path.read_text().splitlines() if line.startswith("#")]
@@ -497,7 +497,9 @@ def test_benchmark_experiment_files_parse_name_their_command_and_keep_apart():
         assert header[0].startswith(f"# Command: {command}") and any(h.startswith("# Result") for h in header)
         assert exp.seeds == [0, 1, 2] and set(exp.fields["spatial"]) == {"attention", "mlp", "conv"}
         names.append(exp.name)
+        reused += exp.reuse
     assert len(paths) >= 4 and len(set(names)) == len(names)
+    assert set(reused) <= set(names)  # a study takes runs only from benchmark studies whose files are here
 
 
 def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
