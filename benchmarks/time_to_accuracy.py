@@ -122,17 +122,16 @@ def setup(record: dict, workers: int) -> str:
             f"threads) that its MFU (6 x MACs x train img/s / peak) divides by. Wall time includes the evaluations.")
 
 
-def reused_note(trials: list[optuna.trial.FrozenTrial], name: str) -> str:
+def reused_note(trials: list[optuna.trial.FrozenTrial]) -> str:
     """Which runs the study took from the studies in its [study].reuse rather than trained: their accuracies are what
     a new run would give (same config and precision; CPU runs repeat to the last digit), their wall times and matmul
     peaks those of the process that ran them."""
     taken: dict[str, set[str]] = {}
     for t in trials:
-        run = Path(t.user_attrs.get("reused_run", "."))  # <out>/<study>/<arm>/<cell>/<run>
-        if len(run.parts) > 3 and run.parents[2].name != name:
+        if "reused_from" in t.user_attrs:
             r = t.user_attrs["record"]
-            label = f"{r['spatial']} lr {r['config']['lr']:g} seed {r['seed']}"
-            taken.setdefault(run.parents[2].name, set()).add(label)
+            taken.setdefault(t.user_attrs["reused_from"], set()).add(f"{r['spatial']} lr {r['config']['lr']:g} "
+                                                                     f"seed {r['seed']}")
     return "".join(f"\n\nTaken from study `{study}` (identical config and precision, not trained again; wall times and "
                    f"matmul peaks are those of the earlier run): {', '.join(sorted(runs))}."
                    for study, runs in sorted(taken.items()))
@@ -162,7 +161,7 @@ def main() -> None:
     chosen = ("\n\nEach arm's lr was chosen on seed 0's validation accuracy by the study's tuning runs (the final "
               "seed-0 run is that tuning run):\n\n" + tuning if tuning else "")
     text = (f"# Time to accuracy on Fashion-MNIST: {name}\n\nCommand: `{command}`\n\n{setup(first, args.workers)}"
-            f"{reused_note(trials, name)}{chosen}\n\n" + table(dict(sorted(records.items()))) + "\n")
+            f"{reused_note(trials)}{chosen}\n\n" + table(dict(sorted(records.items()))) + "\n")
     print(text)
     if args.out:
         atomic_write(args.out, lambda f: f.write(text.encode()))

@@ -649,6 +649,22 @@ def test_a_run_shared_by_a_tuning_and_a_final_trial_is_timed_once(storage, tmp_p
         study.add_trial(final_trial(axes, rec))  # seed 0's final result is the tuning run, not a second run
     code, doc = run_report(storage, "reuse", tmp_path / "r", capsys=capsys)
     assert code == 0 and doc["budget"]["train_time_s_total"] == 200.0
+    assert doc["budget"]["train_time_s_taken"] == 0.0 and doc["budget"]["taken_from"] == []
+    assert "| training time, all trials | 0.06 h |" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_the_budget_says_how_much_training_time_other_studies_spent(storage, tmp_path, capsys):
+    """[study].reuse: a run taken from another study counts in the study's training time, and is named as taken."""
+    study = optuna.create_study(study_name="widened", storage=storage, direction="maximize")
+    for spatial, taken in (("conv", True), ("mlp", False)):
+        rec = record(spatial, 4000, "none", 0) | {"run_id": f"run-{spatial}", "train_time_s": 900.0 * (1 + taken)}
+        study.add_trial(create_trial(value=rec["test_acc"], user_attrs=attrs({"spatial": spatial}, "final", 0, rec)
+                                     | ({"reused_run": "runs/narrow/x", "reused_from": "narrow"} if taken else {})))
+    code, doc = run_report(storage, "widened", tmp_path / "r", capsys=capsys)
+    assert code == 0 and doc["budget"]["train_time_s_total"] == 2700.0
+    assert doc["budget"]["train_time_s_taken"] == 1800.0 and doc["budget"]["taken_from"] == ["narrow"]
+    assert ("| training time, all trials | 0.75 h, of which 0.50 h by runs taken from `narrow` ([study].reuse) |"
+            in (tmp_path / "r" / "report.md").read_text())
 
 
 @pytest.mark.slow

@@ -148,7 +148,7 @@ def test_a_cell_reuses_or_continues_only_runs_of_its_own_precision(tmp_path):
         (run_dir / "record.json").write_text(json.dumps(record))
         (run_dir / "checkpoint.pt").write_bytes(b"")
     assert worker.finished_run(bf16) is None and worker.unfinished_run(bf16) is None
-    assert worker.finished_run(fp32) == (done_dir, json.loads((done_dir / "record.json").read_text()))
+    assert worker.finished_run(fp32) == (done_dir, json.loads((done_dir / "record.json").read_text()), None)
     assert worker.unfinished_run(fp32) == running_dir
 
 
@@ -169,9 +169,9 @@ def test_a_study_takes_identical_finished_runs_of_the_studies_it_reuses(tmp_path
     ts = {(t.user_attrs["arm"], t.user_attrs["seed"]): t for t in trials("second", url)}
     taken = ts["spatial=conv", 0]
     assert taken.user_attrs["record"] == earlier and taken.value == earlier["val_acc"]
-    assert taken.user_attrs["reused_run"] == earlier["run_dir"]
+    assert taken.user_attrs["reused_run"] == earlier["run_dir"] and taken.user_attrs["reused_from"] == "first"
     for key in [("spatial=conv", 1), ("spatial=pool", 0), ("spatial=pool", 1)]:  # another seed or mixer: trained
-        assert "reused_run" not in ts[key].user_attrs
+        assert "reused_run" not in ts[key].user_attrs and "reused_from" not in ts[key].user_attrs
         assert Path(ts[key].user_attrs["record"]["run_dir"]).is_relative_to(out / "second")
     assert len(list(out.glob("second/*/*/*/record.json"))) == 3
 
@@ -540,14 +540,14 @@ def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
     assert "| mlp | 0.001 | 0.9200 | 0.9300 | yes |" in bench.tuning_table(inside, records).splitlines()
     # runs taken from another study ([study].reuse) are named; one reused within the study is not
     taken, own = trials[1], trials[2]
-    taken.user_attrs.update(reused_run="runs/earlier/spatial=mlp/tune-1/20261204-mlp-s0")
+    taken.user_attrs.update(reused_run="runs/earlier/spatial=mlp/tune-1/20261204-mlp-s0", reused_from="earlier")
     own.user_attrs.update(reused_run="runs/now/spatial=mlp/tune-1/20261205-mlp-s0")
     for t in trials:
         t.user_attrs["record"].update(seed=t.user_attrs["seed"])
-    note = bench.reused_note(trials, "now")
+    note = bench.reused_note(trials)
     assert note.strip() == ("Taken from study `earlier` (identical config and precision, not trained again; wall times "
                             "and matmul peaks are those of the earlier run): mlp lr 0.001 seed 0.")
-    assert bench.reused_note(trials[2:], "now") == ""
+    assert bench.reused_note(trials[2:]) == ""
 
 
 def test_shipped_experiments_meet_the_minimum_sizes():

@@ -48,6 +48,18 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
+TRAINING_TIME = ("train_time_s_total", "train_time_s_taken", "taken_from")
+
+
+def training_time(budget: dict) -> str:
+    """The training time of every run the study's trials hold, and how much of it other studies spent."""
+    text = f"{budget['train_time_s_total'] / 3600:.2f} h"
+    if budget["taken_from"]:
+        studies = ", ".join(f"`{name}`" for name in budget["taken_from"])
+        text += f", of which {budget['train_time_s_taken'] / 3600:.2f} h by runs taken from {studies} ([study].reuse)"
+    return text
+
+
 def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study) -> None:
     embed = next((f for f in figs.formats if f in ("png", "svg")), None)
     s, b = summary, summary["budget"]
@@ -62,8 +74,8 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
         f"- analysed: {s['n_final']} complete final trials in {len(s['arms'])} arm(s) over seeds "
         f"{', '.join(map(str, s['seeds'])) or '—'}; axes: {', '.join(s['axes']) or 'none'}",
         "## Budget\n" + markdown_table(["", ""], [[k.replace("config.", ""), listing(v)]
-                                                  for k, v in b.items() if k != "train_time_s_total"]
-                                         + [["training time, all trials", f"{b['train_time_s_total'] / 3600:.2f} h"]]),
+                                                  for k, v in b.items() if k not in TRAINING_TIME]
+                                         + [["training time, all trials", training_time(b)]]),
     ]
     if s["arms"]:
         failed = any(a["failed"] for a in s["arms"])

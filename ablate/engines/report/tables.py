@@ -64,5 +64,10 @@ def budget(frame: pd.DataFrame, final: pd.DataFrame) -> dict:
                                          "config.weight_decay", "config.augment", "config.ema")}
     # a final seed-0 trial that reuses its tuning run carries the same record: count each run once
     runs = frame[~(frame.run_id.notna() & frame.run_id.duplicated())] if "run_id" in frame else frame
-    doc["train_time_s_total"] = float(runs.train_time_s.sum()) if "train_time_s" in frame else 0.0
+    timed = "train_time_s" in frame
+    doc["train_time_s_total"] = float(runs.train_time_s.sum()) if timed else 0.0
+    # runs taken from the studies in [study].reuse: their time was spent by those studies, not this one
+    taken = runs[runs.reused_from.notna()] if "reused_from" in runs else runs.iloc[:0]
+    doc["train_time_s_taken"] = float(taken.train_time_s.sum()) if timed else 0.0
+    doc["taken_from"] = sorted(taken.reused_from.unique()) if len(taken) else []
     return doc

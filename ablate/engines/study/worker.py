@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -192,8 +193,10 @@ def finish(exp: Experiment, board: Board, cell: Cell, trial_id: int, out: Path, 
     try:
         reused = finished_run(cfg, [out / name for name in exp.reuse])
         if reused:
-            storage.set_trial_user_attr(trial_id, "reused_run", str(reused[0]))
-            record = reused[1]
+            storage.set_trial_user_attr(trial_id, "reused_run", str(reused.folder))
+            if reused.study:
+                storage.set_trial_user_attr(trial_id, "reused_from", reused.study)
+            record = reused.record
         else:
             resumable = unfinished_run(cfg)
             record = runs.run(cfg, resume=str(resumable) if resumable else False, quiet=True, on_eval=on_eval)
@@ -216,22 +219,28 @@ def finish(exp: Experiment, board: Board, cell: Cell, trial_id: int, out: Path, 
     storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values)
 
 
-def finished_run(cfg: RunConfig, studies: list[Path] = ()) -> tuple[Path, dict] | None:
-    """A finished run of exactly this config (runs.identity: same seed, same values, same precision), and its folder.
+class FinishedRun(NamedTuple):
+    folder: Path
+    record: dict
+    study: str | None  # the study of [study].reuse it was taken from; None for a run of this study
+
+
+def finished_run(cfg: RunConfig, studies: list[Path] = ()) -> FinishedRun | None:
+    """A finished run of exactly this config (runs.identity: same seed, same values, same precision).
     First among the arm's cells: the cell's own, when its worker died before telling the storage, or the tuning run
     whose values won, which a final cell on the tuning seed would only repeat (CPU runs repeat to the last digit).
     Then in the run folders of `studies` ([study].reuse), whatever their arms are called."""
     run = runs.identity(cfg)
-    paths = sorted(Path(cfg.out).parent.glob("*/*/record.json"))
-    paths += [path for study in studies for path in sorted(study.glob("*/*/*/record.json"))]
-    for path in paths:
+    paths = [(path, None) for path in sorted(Path(cfg.out).parent.glob("*/*/record.json"))]
+    paths += [(path, study.name) for study in studies for path in sorted(study.glob("*/*/*/record.json"))]
+    for path, study in paths:
         try:
             doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if doc.get("status") == "done" and runs.is_run_of(doc, run):
             log(f"reusing the finished run {path.parent}")
-            return path.parent, doc
+            return FinishedRun(path.parent, doc, study)
     return None
 
 
