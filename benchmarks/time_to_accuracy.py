@@ -63,6 +63,23 @@ def table(records_by_mixer: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+SLOWED = 1.5  # an epoch over this multiple of its run's median epoch ran beside other work
+
+
+def slowed_note(records_by_mixer: dict[str, list[dict]]) -> str:
+    """The final runs some of whose epochs took over SLOWED x the run's median epoch: something else shared the cores
+    then (a test run, a third process), so those runs' wall times to each accuracy are upper bounds."""
+    slowed = []
+    for spatial, records in sorted(records_by_mixer.items()):
+        for r in sorted(records, key=lambda r: r["seed"]):
+            median = statistics.median(e["time_s"] for e in r["history"])
+            slow = [f"{e['epoch']} ({e['time_s'] / median:.1f}x)" for e in r["history"] if e["time_s"] > SLOWED * median]
+            if slow:
+                slowed.append(f"{spatial} seed {r['seed']}: epoch {', '.join(slow)} of a median {median:.0f} s")
+    return ("\n\nSlowed by other work on the machine (epochs over {:g}x their run's median), so their wall times are "
+            "upper bounds: {}.".format(SLOWED, "; ".join(slowed)) if slowed else "")
+
+
 def final_records(trials: list[optuna.trial.FrozenTrial]) -> dict[str, list[dict]]:
     """The run records of the final runs by spatial mixer: a study with a [search] also holds tuning runs (on seed 0,
     one per candidate lr), which describe the candidates, not the recipe's time to accuracy."""
@@ -161,7 +178,7 @@ def main() -> None:
     chosen = ("\n\nEach arm's lr was chosen on seed 0's validation accuracy by the study's tuning runs (the final "
               "seed-0 run is that tuning run):\n\n" + tuning if tuning else "")
     text = (f"# Time to accuracy on Fashion-MNIST: {name}\n\nCommand: `{command}`\n\n{setup(first, args.workers)}"
-            f"{reused_note(trials)}{chosen}\n\n" + table(dict(sorted(records.items()))) + "\n")
+            f"{reused_note(trials)}{chosen}\n\n" + table(dict(sorted(records.items()))) + slowed_note(records) + "\n")
     print(text)
     if args.out:
         atomic_write(args.out, lambda f: f.write(text.encode()))

@@ -548,6 +548,12 @@ def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
     assert note.strip() == ("Taken from study `earlier` (identical config and precision, not trained again; wall times "
                             "and matmul peaks are those of the earlier run): mlp lr 0.001 seed 0.")
     assert bench.reused_note(trials[2:]) == ""
+    # a final run whose epoch took over 1.5x its median ran beside other work: named, its times upper bounds
+    assert bench.slowed_note(records) == ""
+    records["mlp"][1]["history"] = [{"epoch": e, "time_s": 200.0 if e == 3 else 60.0} for e in range(1, 6)]
+    assert bench.slowed_note(records).strip() == ("Slowed by other work on the machine (epochs over 1.5x their run's "
+                                                  "median), so their wall times are upper bounds: mlp seed 1: epoch 3 "
+                                                  "(3.3x) of a median 60 s.")
 
 
 def test_shipped_experiments_meet_the_minimum_sizes():
