@@ -73,7 +73,8 @@ def slowed_note(records_by_mixer: dict[str, list[dict]]) -> str:
     for spatial, records in sorted(records_by_mixer.items()):
         for r in sorted(records, key=lambda r: r["seed"]):
             median = statistics.median(e["time_s"] for e in r["history"])
-            slow = [f"{e['epoch']} ({e['time_s'] / median:.1f}x)" for e in r["history"] if e["time_s"] > SLOWED * median]
+            slow = [f"{e['epoch']} ({e['time_s'] / median:.1f}x)" for e in r["history"]
+                    if e["time_s"] > SLOWED * median]
             if slow:
                 slowed.append(f"{spatial} seed {r['seed']}: epoch {', '.join(slow)} of a median {median:.0f} s")
     return ("\n\nSlowed by other work on the machine (epochs over {:g}x their run's median), so their wall times are "
