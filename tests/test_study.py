@@ -203,6 +203,28 @@ pruner_options = { n_startup_trials = 1 }
     assert doc["arms"][0]["tune"] == {"complete": 1, "pruned": 1, "fail": 0}
 
 
+def test_threshold_pruner_stops_a_tuning_run_at_chance(tmp_path, capsys):
+    """The collapse check: a tuning run whose validation accuracy is still near chance is stopped, whatever the
+    other trials did (lr 8e-3 left attention at 0.1000 for 20 epochs in benchmarks' lr5 study)."""
+    file = experiment(tmp_path, """
+[study]
+name = "collapse"
+sampler = "grid"
+pruner = "threshold"
+pruner_options = { lower = 0.15 }
+""", "[search]\nlr = { choices = [1e-7, 1e-2] }\n", epochs=2, lr=False)
+    url = f"sqlite:///{tmp_path}/s.db"
+    rc, doc, err = study(capsys, str(file), "--storage", url, "--out", str(tmp_path / "runs"))
+    assert rc == 0, err
+    ts = {t.user_attrs["cell"]: t for t in trials("collapse", url)}
+    stuck, learning = ts["base|tune|0"], ts["base|tune|1"]
+    # lr 1e-7 is pruned first, with no trial to compare against: the bound alone decides
+    assert stuck.state == TrialState.PRUNED and list(stuck.intermediate_values) == [1]
+    assert stuck.intermediate_values[1] < 0.15
+    assert learning.state == TrialState.COMPLETE and min(learning.intermediate_values.values()) >= 0.15
+    assert ts["base|final|seed=0"].params == {"lr": 1e-2}
+
+
 def test_multi_objective_reports_the_pareto_front(tmp_path, capsys):
     file = experiment(tmp_path, """
 [study]
@@ -350,6 +372,8 @@ def test_workers_share_a_journal_file(tmp_path, capfd):
     ('[study]\nmetric = "accuracy"\n', "[study].metric = 'accuracy' is not one of: val_acc"),
     ('[study]\nseeds = [0, "1"]\n', "[study].seeds must be a whole number, got '1'"),
     ('[study]\npruner = "median"\n', "[study].pruner = \"median\" needs a [search] section"),
+    ('[study]\npruner = "threshold"\ntrials_per_arm = 2\n[search]\nlr = { low = 1e-4, high = 1e-2 }\n',
+     "[study].pruner_options: Either lower or upper must be specified"),
     ('[run]\nepochs = "two"\n', "[run].epochs must be a whole number, got 'two'"),
     ('[run]\nlearning_rate = 0.1\n', "unknown run option 'learning_rate'; valid: spatial, channel"),
     ('[run]\nseed = 1\n', "unknown run option 'seed' (set by [study].seeds)"),

@@ -28,7 +28,8 @@ METRICS = {"val_acc": "maximize", "val_loss": "minimize", "params": "minimize", 
 EPOCH_METRICS = ("val_acc", "val_loss")  # in every history entry, so pruners can see them
 TEST_METRICS = ("test_acc", "test_loss")  # recorded and reported, never an objective: objectives choose
 SAMPLERS = {"grid": None, "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-PRUNERS = {"none": None, "median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}
+PRUNERS = {"none": None, "median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+           "threshold": optuna.pruners.ThresholdPruner}  # threshold: e.g. stop a run still at chance
 STUDY_KEYS = ("name", "metric", "direction", "directions", "sampler", "sampler_options", "pruner", "pruner_options",
               "trials_per_arm", "seeds", "reuse")
 SECTIONS = ("study", "run", "arms", "search")
