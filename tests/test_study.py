@@ -181,19 +181,24 @@ def test_a_study_takes_identical_finished_runs_of_the_studies_it_reuses(tmp_path
     assert "third" not in optuna.get_all_study_names(url)  # refused before the study is created
 
 
+def pruned_lr_grid(tmp_path, capsys, study_section: str, lrs: str) -> tuple[dict, dict]:
+    """A grid study of 2-epoch runs over the lr choices `lrs`: its --json summary and its trials by cell."""
+    file = experiment(tmp_path, study_section, f"[search]\nlr = {{ choices = {lrs} }}\n", epochs=2, lr=False)
+    url = f"sqlite:///{tmp_path}/s.db"
+    rc, doc, err = study(capsys, str(file), "--storage", url, "--out", str(tmp_path / "runs"))
+    assert rc == 0, err
+    return doc, {t.user_attrs["cell"]: t for t in trials(doc["study"], url)}
+
+
 def test_pruner_prunes_a_tuning_trial(tmp_path, capsys):
-    file = experiment(tmp_path, """
+    doc, ts = pruned_lr_grid(tmp_path, capsys, """
 [study]
 name = "pruned"
 metric = "val_loss"
 sampler = "grid"
 pruner = "median"
 pruner_options = { n_startup_trials = 1 }
-""", "[search]\nlr = { choices = [1e-2, 1e-7] }\n", epochs=2, lr=False)
-    url = f"sqlite:///{tmp_path}/s.db"
-    rc, doc, err = study(capsys, str(file), "--storage", url, "--out", str(tmp_path / "runs"))
-    assert rc == 0, err
-    ts = {t.user_attrs["cell"]: t for t in trials("pruned", url)}
+""", "[1e-2, 1e-7]")
     good, bad, final = ts["base|tune|0"], ts["base|tune|1"], ts["base|final|seed=0"]
     assert good.state == TrialState.COMPLETE and sorted(good.intermediate_values) == [1, 2]
     # lr 1e-7 learns nothing: worse than the completed trial after epoch 1, so it stops there
@@ -206,17 +211,13 @@ pruner_options = { n_startup_trials = 1 }
 def test_threshold_pruner_stops_a_tuning_run_at_chance(tmp_path, capsys):
     """The collapse check: a tuning run whose validation accuracy is still near chance is stopped, whatever the
     other trials did (in benchmarks' lr5 study, attention at lr 8e-3 fell to 0.1000 at epoch 2 and trained on)."""
-    file = experiment(tmp_path, """
+    _, ts = pruned_lr_grid(tmp_path, capsys, """
 [study]
 name = "collapse"
 sampler = "grid"
 pruner = "threshold"
 pruner_options = { lower = 0.15 }
-""", "[search]\nlr = { choices = [1e-7, 1e-2] }\n", epochs=2, lr=False)
-    url = f"sqlite:///{tmp_path}/s.db"
-    rc, doc, err = study(capsys, str(file), "--storage", url, "--out", str(tmp_path / "runs"))
-    assert rc == 0, err
-    ts = {t.user_attrs["cell"]: t for t in trials("collapse", url)}
+""", "[1e-7, 1e-2]")
     stuck, learning = ts["base|tune|0"], ts["base|tune|1"]
     # lr 1e-7 is pruned first, with no trial to compare against: the bound alone decides
     assert stuck.state == TrialState.PRUNED and list(stuck.intermediate_values) == [1]
