@@ -112,7 +112,7 @@ def tuning_table(trials: list[optuna.trial.FrozenTrial], records: dict[str, list
     return "\n".join(lines)
 
 
-END_OF_RANGE = {"low": " (the lowest candidate)", "high": " (the highest candidate)"}
+END_OF_RANGE = {"low": " (the lowest candidate: not bracketed)", "high": " (the highest candidate: not bracketed)"}
 
 
 def lr_edge(trial: optuna.trial.FrozenTrial) -> str | None:

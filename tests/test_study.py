@@ -556,7 +556,7 @@ def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
     assert "0.9300 ± 0.0000" in rows["mlp"] and "| conv | 0.002 | 1 |" in rows["conv"]
     assert "0.9600 (one seed: no sd)" in rows["conv"]  # not a made-up spread
     tuning = bench.tuning_table(trials, records).splitlines()[2:]
-    assert tuning == ["| mlp | 0.001 | 0.9200 | 0.9300 | yes (the lowest candidate) |",
+    assert tuning == ["| mlp | 0.001 | 0.9200 | 0.9300 | yes (the lowest candidate: not bracketed) |",
                       "| mlp | 0.002 | 0.8400 | 0.8500 |  |"]
     assert bench.tuning_table([t for t in trials if t.user_attrs["phase"] == "final"], records) == ""
     # a continuous range: the lowest lr tried is not an end of the range searched, so it is not flagged as one
