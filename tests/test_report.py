@@ -60,7 +60,8 @@ def final_trial(axes: dict, rec: dict):
 
 def full_study(url: str, name: str = "everything", seeds=(0, 1, 2)) -> optuna.Study:
     """Every axis the report knows (mixers x train sizes x shuffles x seeds, and a channel axis of one value),
-    a tuning phase with a pruned trial, a diverged run, a lost claim and a cell recorded twice."""
+    a tuning phase with a pruned trial, a diverged run, a lost claim, a killed worker's trial and a cell recorded
+    twice."""
     study = optuna.create_study(study_name=name, storage=url, direction="maximize")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -91,6 +92,7 @@ def full_study(url: str, name: str = "everything", seeds=(0, 1, 2)) -> optuna.St
     study.add_trial(create_trial(state=TrialState.FAIL,
                                  user_attrs={**attrs(diverged, "final", 9), "error": "diverged"}))
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={**attrs(mlp, "final", 0), "lost_claim": True}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=attrs(mlp, "final", 1)))  # a heartbeat gone stale
     twice = record("mlp", 4000, "none", 0)
     study.add_trial(create_trial(value=0.1, user_attrs=attrs(mlp, "final", 0, {**twice, "test_acc": 0.1})))
     return study
@@ -143,7 +145,10 @@ def test_full_study_gives_every_figure_table_and_csv(everything):
     assert {r["state"] for r in rows} == {"COMPLETE", "PRUNED", "FAIL"}
     assert {"params_lr", "config.batch_size", "test_acc", "macs", "value", "cell", "error"} <= set(rows[0])
     assert json.loads(rows[0]["axes"])["channel"] == "mlp"
-    assert doc["trials"] == {"COMPLETE": len(study.trials) - 3, "FAIL": 2, "PRUNED": 1} and doc["lost_claims"] == 1
+    assert doc["trials"] == {"COMPLETE": len(study.trials) - 4, "FAIL": 3, "PRUNED": 1}
+    assert doc["lost_claims"] == 1 and doc["interrupted"] == 1  # the diverged run is a result: neither
+    assert ("3 fail, 1 pruned; failed includes 1 lost claim(s): cells another worker ran and 1 interrupted run(s): "
+            "their worker was killed or crashed, and `study` runs their cells again, not results") in md
     assert doc["n_final"] == 3 * 5 * 2 * 3, "the cell recorded twice counts once"
     assert doc["axes"] == ["spatial", "train_size", "shuffle"], "channel has one value: not an axis"
     assert doc["budget"]["train_size"] == [250, 1000, 4000, 16000, 64000]

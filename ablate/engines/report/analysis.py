@@ -52,11 +52,13 @@ def analyse(study: optuna.Study, storage: str, control: tuple[str, str] | None =
     frame["arm_label"] = label(frame, keys)
     final = final_trials(frame)
     failed = frame[(frame.state == "FAIL") & in_final(frame) & errored(frame)]  # diverged or crashed: a result
-    lost = frame.lost_claim.eq(True).sum() if "lost_claim" in frame else 0
+    lost = frame.lost_claim.eq(True) if "lost_claim" in frame else pd.Series(False, index=frame.index)
+    interrupted = (frame.state == "FAIL") & ~errored(frame) & ~lost  # a killed or crashed worker: its cell runs again
     summary = {
         "study": study.study_name, "storage": masked(storage),
         "objectives": objective_names(study), "directions": [d.name.lower() for d in study.directions],
-        "n_trials": len(frame), "trials": frame.state.value_counts().sort_index().to_dict(), "lost_claims": int(lost),
+        "n_trials": len(frame), "trials": frame.state.value_counts().sort_index().to_dict(),
+        "lost_claims": int(lost.sum()), "interrupted": int(interrupted.sum()),
         "phases": frame.phase.dropna().value_counts().sort_index().to_dict(),
         "n_final": len(final), "axes": keys, "seeds": unique(final, "seed"), "budget": budget(frame, final),
         "arms": arm_table(final, keys, failed), "power_law": [], "shuffle": [], "tuning": [], "two_value_grids": [],

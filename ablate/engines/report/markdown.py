@@ -64,8 +64,13 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
     embed = next((f for f in figs.formats if f in ("png", "svg")), None)
     s, b = summary, summary["budget"]
     states = ", ".join(f"{n} {state.lower()}" for state, n in s["trials"].items())
-    if s["lost_claims"]:
-        states += f"; failed includes {s['lost_claims']} lost claim(s): cells another worker ran, not results"
+    not_results = [f"{n} {text}" for n, text in (
+        (s["lost_claims"], "lost claim(s): cells another worker ran"),
+        (s["interrupted"], "interrupted run(s): their worker was killed or crashed, and `study` runs their cells "
+                           "again"),
+    ) if n]
+    if not_results:
+        states += f"; failed includes {' and '.join(not_results)}, not results"
     phases = ", ".join(f"{n} {phase}" for phase, n in s["phases"].items())
     parts = [
         f"# Study `{s['study']}`" + (f"\n\n> {s['label']}" if s.get("label") else ""),
