@@ -51,7 +51,7 @@ def analyse(study: optuna.Study, storage: str, control: tuple[str, str] | None =
     keys = arm_keys(frame, study)
     frame["arm_label"] = label(frame, keys)
     final = final_trials(frame)
-    failed = frame[(frame.state == "FAIL") & in_final(frame) & errored(frame)]  # diverged or crashed: a result
+    failed = frame[(frame.state == "FAIL") & in_final(frame) & errored(frame)]  # diverged: a result
     lost = frame.lost_claim.eq(True) if "lost_claim" in frame else pd.Series(False, index=frame.index)
     interrupted = (frame.state == "FAIL") & ~errored(frame) & ~lost  # a killed or crashed worker: its cell runs again
     summary = {
@@ -98,7 +98,8 @@ def check_control(final: pd.DataFrame, axes: list[str], axis: str, level: str, d
 
 
 def errored(frame: pd.DataFrame) -> pd.Series:
-    """Trials whose run diverged or crashed (a result), not those lost to a killed worker (retried)."""
+    """Trials whose run diverged or ended with a non-finite metric (a result, not run again), not those of a killed
+    or crashed worker (run again)."""
     return frame.error.notna() if "error" in frame else pd.Series(False, index=frame.index)
 
 
@@ -121,7 +122,7 @@ def tuning(a: Analysis) -> None:
     """Each arm's tuning trials (pruned and failed ones counted), its best, and the parameter importances."""
     in_tuning = a.frame.phase == "tune"
     tune = a.frame[a.frame.state.isin(["COMPLETE", "PRUNED"]) & in_tuning]
-    failed = a.frame[(a.frame.state == "FAIL") & in_tuning & errored(a.frame)]  # diverged or crashed
+    failed = a.frame[(a.frame.state == "FAIL") & in_tuning & errored(a.frame)]  # diverged
     value = value_names(a.study)[0]
     if (tune.empty and failed.empty) or value not in a.frame:
         return

@@ -86,8 +86,8 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
         failed = any(a["failed"] for a in s["arms"])
         parts.append("## Arms\nTest accuracy as a fraction: mean ± sd over seeds and the 95% t-interval of the mean. "
                      "Costs as recorded: parameters, MACs of one forward pass of one image, throughput in "
-                     "images/s on the run's device." + (" `failed`: final runs that diverged or crashed, not in "
-                                                        "the mean." if failed else "") + "\n\n" + markdown_table(
+                     "images/s on the run's device." + (" `failed`: final runs that diverged, not in the mean."
+                                                        if failed else "") + "\n\n" + markdown_table(
                          ["arm", "n", "test acc", "95% CI", "params", "MACs", "train img/s", "infer img/s"]
                          + ["failed"] * failed,
                          [[a["arm"], a["n"], f"{fmt(a['test_acc_mean'])} ± {fmt(a['test_acc_sd'])}",
