@@ -218,7 +218,7 @@ def test_cancelled_worker_leaves_its_cell_to_the_other_and_status_follows(slurm,
     cell from its checkpoint, every cell completes once, and --status shows it from the storage."""
     epochs = 30
     file, url, out = experiment(tmp_path, "cancel", epochs), f"journal:{tmp_path}/s.journal", tmp_path / "runs"
-    args = [str(file), "--storage", url, "--out", str(out), "--heartbeat", "2"]
+    args = [str(file), "--storage", url, "--out", str(out), "--heartbeat", "5"]  # 5 s: see the time-limit test
     try:
         rc = cli.main(["study", *args, "--launcher", "slurm", "--workers", "2", "--time", "5", "--detach", "--json"])
         captured = capsys.readouterr()
