@@ -51,9 +51,10 @@ def analyse(study: optuna.Study, storage: str, control: tuple[str, str] | None =
     keys = arm_keys(frame, study)
     frame["arm_label"] = label(frame, keys)
     final = final_trials(frame)
-    failed = frame[(frame.state == "FAIL") & in_final(frame) & errored(frame)]  # diverged: a result
+    fail, diverged = frame.state == "FAIL", errored(frame)
+    failed = frame[fail & in_final(frame) & diverged]  # a result
     lost = frame.lost_claim.eq(True) if "lost_claim" in frame else pd.Series(False, index=frame.index)
-    interrupted = (frame.state == "FAIL") & ~errored(frame) & ~lost  # a killed or crashed worker: its cell runs again
+    interrupted = fail & ~diverged & ~lost  # a killed or crashed worker: its cell runs again
     summary = {
         "study": study.study_name, "storage": masked(storage),
         "objectives": objective_names(study), "directions": [d.name.lower() for d in study.directions],
