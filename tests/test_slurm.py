@@ -24,6 +24,7 @@ import pytest
 from optuna.trial import TrialState
 
 from ablate import commands as cli
+from ablate.engines.study.slurm import Requeued, SlurmWorker
 from conftest import wait_for
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -303,6 +304,28 @@ def test_time_limit_shorter_than_a_cell_requeues_and_completes(slurm, tmp_path, 
             assert len(record["history"]) == epochs and [h["epoch"] for h in record["history"]] == \
                 list(range(1, epochs + 1))
             assert len(list(Path(record["run_dir"]).parent.glob("*/record.json"))) == 1  # one run, resumed
+
+
+def submitit_handler_that(outcome: BaseException):
+    def handler(signum, frame):
+        raise outcome
+    return handler
+
+
+@pytest.mark.parametrize("outcome, freed_as_requeue", [
+    (SystemExit(-1), True),  # submitit requeued the task and exits
+    # CI: the requeue's own SIGTERM reached `scontrol requeue` (a process of the job) before it returned
+    (subprocess.CalledProcessError(-signal.SIGTERM, ["scontrol", "requeue", "3_0"]), True),
+    (subprocess.CalledProcessError(1, ["scontrol", "requeue", "3_0"]), False),  # refused: not requeued
+])
+def test_the_warning_signal_fails_the_cell_as_requeued_only_when_the_requeue_took_effect(outcome, freed_as_requeue):
+    worker = SlurmWorker("x.toml", "journal:x", "runs", 5)
+    with pytest.raises(BaseException) as raised:
+        worker.on_warning(submitit_handler_that(outcome), signal.SIGUSR2, None)
+    assert isinstance(raised.value, Requeued) == freed_as_requeue
+    if not freed_as_requeue:
+        assert raised.value is outcome  # scontrol's own error, into the trial's `crash`
+    assert worker.requeueing  # a SIGTERM from here on is the requeue's, not a Stopped
 
 
 def test_workers_that_all_die_end_the_following_with_exit_1(slurm, tmp_path, capsys, monkeypatch):

@@ -123,6 +123,13 @@ class SlurmWorker(submitit.helpers.Checkpointable):
             submitits(signum, frame)
         except SystemExit:  # submitit requeued the task and exits: unwind through run_cell, which fails the trial
             raise Requeued("requeued by Slurm (time limit or preemption)") from None
+        except subprocess.CalledProcessError as e:
+            if e.returncode != -signal.SIGTERM or e.cmd[:2] != ["scontrol", "requeue"]:
+                raise
+            # The requeue took effect: Slurm's SIGTERM to the requeued job's processes reached scontrol, a process
+            # of this job, before it exited.
+            raise Requeued("requeued by Slurm (time limit or preemption); the requeue's SIGTERM ended scontrol "
+                           "before it returned") from None
 
     def on_term(self, signum, frame) -> None:
         if not self.requeueing:
