@@ -14,21 +14,24 @@ from pathlib import Path
 import torch
 
 import blocks
-from ablate.engines.measure import infer_step, matmul_flops, step_times, train_step
+from ablate.engines.measure import infer_step, train_step
 from ablate.foundations.io import atomic_write
+from ablate.foundations.timing import matmul_flops, warm_times
 
 SPATIAL = ("attention", "mlp", "conv")
+CPU = torch.device("cpu")
 TRAIN_IMAGES, EVAL_IMAGES = 55_000, 15_000  # Fashion-MNIST: the training split, and validation + test
 
 
 def train_img_s(model: torch.nn.Module, batch: int, repeats: int, precision: str = "fp32") -> float:
+    """The median of `repeats` warm training steps (timing.warm_times: warmed up until stable)."""
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-    return batch / sorted(step_times(train_step(model, x, y, precision), 3, repeats, torch.device("cpu")))[repeats // 2]
+    return warm_times(train_step(model, x, y, precision), CPU, repeats).rate(batch)[0]
 
 
 def infer_img_s(model: torch.nn.Module, batch: int, repeats: int, precision: str = "fp32") -> float:
     x = torch.randn(batch, 1, 28, 28)
-    return batch / sorted(step_times(infer_step(model, x, precision), 1, repeats, torch.device("cpu")))[repeats // 2]
+    return warm_times(infer_step(model, x, precision), CPU, repeats).rate(batch)[0]
 
 
 def compiled(spatial: str, skip_conv: bool) -> tuple[torch.nn.Module, float]:
@@ -41,8 +44,10 @@ def compiled(spatial: str, skip_conv: bool) -> tuple[torch.nn.Module, float]:
                 setattr(block, name, torch.compile(getattr(block, name)))
     else:
         model = torch.compile(model)
+    x, y = torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,))
+    step = train_step(model, x, y, "fp32")
     start = time.perf_counter()
-    train_img_s(model, 256, 1)
+    step()
     return model, time.perf_counter() - start
 
 
@@ -67,9 +72,9 @@ def markdown(rows: list[dict], peak: dict, command: str) -> str:
         "# Speed options for training `tiny` on 2 CPU cores", "", f"Command: `{command}`", "",
         f"{platform.machine()}, torch {torch.__version__}, measured matmul peak {peak['fp32'] / 1e9:.1f} GFLOP/s "
         f"in fp32 and {peak['bf16'] / 1e9:.1f} GFLOP/s in bf16 (2 threads), "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Training images/s: median of timed steps "
-        "(forward, loss, backward, AdamW), random 1 x 28 x 28 input, 2 threads unless said. Ratios are against "
-        "eager fp32 at batch 256 and 2 threads; every column but bf16's is fp32.", "",
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Training images/s: median of timed steps, warmed up "
+        "until stable (forward, loss, backward, AdamW), random 1 x 28 x 28 input, 2 threads unless said. Ratios are "
+        "against eager fp32 at batch 256 and 2 threads; every column but bf16's is fp32.", "",
         "| spatial | eager img/s | bf16 autocast (train, inference) | compiled | compiled, conv left eager "
         "| first compiled step (s) | batch 512 | 2 workers x 1 thread | inference, batch 256 vs 1000 "
         "| eval (val + test) per epoch, batch 256 |",
@@ -94,7 +99,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    peak = {precision: matmul_flops("cpu", precision) for precision in ("fp32", "bf16")}
+    peak = {precision: matmul_flops(CPU, precision) for precision in ("fp32", "bf16")}  # warm, 2 threads
     rows = [measure(s, args.repeats) for s in SPATIAL]
     text = markdown(rows, peak, "python benchmarks/speed_options.py" + (f" --out {args.out}" if args.out else ""))
     print(text)

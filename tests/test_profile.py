@@ -28,7 +28,8 @@ ANCHORS = {  # published MACs at 224 px (the papers' "FLOPs"), timm model, block
 MATMUL_CONV = {"conv", "linear", "matmul", "bmm", "einsum", "scaled_dot_product_attention"}
 NORM_POOL = {"layer_norm", "batch_norm", "group_norm", "adaptive_avg_pool2d"}
 ROW_KEYS = {"spatial", "channel", "preset", "img_size", "tokens", "params", "params_frozen", "macs", "train_img_s",
-            "infer_img_s", "peak_mem_mb", "mfu"}
+            "train_img_s_lo", "train_img_s_hi", "infer_img_s", "infer_img_s_lo", "infer_img_s_hi", "warm",
+            "peak_mem_mb", "mfu"}
 QUICK = ["--batch-size", "8", "--warmup", "1", "--repeats", "2", "--threads", "1"]  # 1 thread: immune to a busy machine
 DEPTH = blocks.PRESETS["tiny"].depths[0]
 
@@ -126,7 +127,8 @@ def test_profile_rows_for_every_spatial_mixer(cli, tmp_path):
         assert (row["params"], row["params_frozen"]) == count_params(model)
         assert row["macs"] == count_macs(model, (1, 28, 28))
         assert (row["img_size"], row["tokens"], row["channel"]) == (28, 49, "mlp")
-        assert row["train_img_s"] > 0 and row["infer_img_s"] > 0
+        for key in ("train_img_s", "infer_img_s"):  # the median inside its interquartile range
+            assert 0 < row[f"{key}_lo"] <= row[key] <= row[f"{key}_hi"]
         assert row["peak_mem_mb"] > 0
         assert row["mfu"] == pytest.approx(6 * row["macs"] * row["train_img_s"] / doc["matmul_flops"], rel=0.01)
     by = {r["spatial"]: r for r in rows}
@@ -228,11 +230,12 @@ def test_run_match_needs_a_reference(capsys, tmp_path):
 
 def test_slow_models_do_not_print_zero_images_per_second():
     row = {"spatial": "attention", "channel": "mlp", "preset": "vit-s16", "img_size": 224, "tokens": 196,
-           "params": 22_050_664, "params_frozen": 0, "macs": 4_608_000_000, "train_img_s": profile.significant(0.04123),
-           "infer_img_s": profile.significant(1234.567), "peak_mem_mb": 900.0, "mfu": 0.01}
+           "params": 22_050_664, "params_frozen": 0, "macs": 4_608_000_000,
+           **profile.rates("train_img_s", (0.04123, 0.04, 0.0425)),
+           **profile.rates("infer_img_s", (1234.567, 1200.2, 1250)), "warm": True, "peak_mem_mb": 900.0, "mfu": 0.01}
     assert (row["train_img_s"], row["infer_img_s"]) == (0.04123, 1235.0)
     table = profile.format_table([row])
-    assert " 0.041 " in table and " 1,235 " in table
+    assert " 0.041 (0.04-0.042) " in table and " 1,235 (1,200-1,250) " in table
 
 
 def test_profile_counts_the_structure_ablations(capsys, tmp_path):

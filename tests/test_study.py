@@ -555,6 +555,10 @@ def test_time_to_accuracy_table_describes_final_runs_with_each_arms_lr():
     assert rows["mlp"].startswith("| mlp | 0.001 | 3 | 1.0 ep, 1.0 min | 2.0 ep, 2.0 min | 2.0 ep, 2.0 min |")
     assert "0.9300 ± 0.0000" in rows["mlp"] and "| conv | 0.002 | 1 |" in rows["conv"]
     assert "0.9600 (one seed: no sd)" in rows["conv"]  # not a made-up spread
+    assert "30.0% (cold peak)" in rows["mlp"] and "(cold peak): the runs' processes timed" in bench.table(records)
+    for r in records["conv"]:  # a record whose peak was measured warm: its MFU is not flagged
+        r["matmul_flops_warm"] = True
+    assert "(cold peak)" not in bench.table({"conv": records["conv"]})
     tuning = bench.tuning_table(trials, records).splitlines()[2:]
     assert tuning == ["| mlp | 0.001 | 0.9200 | 0.9300 | yes (the lowest candidate: not bracketed) |",
                       "| mlp | 0.002 | 0.8400 | 0.8500 |  |"]

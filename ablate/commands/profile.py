@@ -2,7 +2,7 @@
 preset x image size x spatial mixer x channel mixer."""
 import argparse
 import json
-import multiprocessing.forkserver
+import os
 import sys
 from pathlib import Path
 
@@ -14,11 +14,12 @@ import blocks
 
 from ..engines.cost import count_macs, count_params, tokens
 from ..engines.matching import channel_ratio, check_match_to, match_overrides, reference_target
-from ..engines.measure import cpu_peak_memory_mb, forkserver, matmul_flops, throughput
+from ..engines.measure import cpu_peak_memory_mb, forkserver, throughput
 from ..foundations.config import MATCH_METRICS
 from ..foundations.errors import UsageError
 from ..foundations.io import atomic_write
 from ..foundations.runtime import DEVICES, PRECISIONS, pick_device, pick_precision, usable_cores
+from ..foundations.timing import MAX_WARMUP_S, matmul_flops, mfu
 from .args import add_model_args, positive_int
 
 HELP = "params, MACs, throughput and memory per mixer"
@@ -55,11 +56,11 @@ def profile(args: argparse.Namespace, log) -> dict:
     device = pick_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or usable_cores())
-        forkserver()
-        multiprocessing.forkserver.ensure_running()  # it imports torch while this process counts MACs
+        forkserver()  # started and done importing before anything is timed
     precision = pick_precision(args.precision, device)
-    peak_flops = matmul_flops(str(device), precision)
-    log(f"profile: {device}, {precision}, peak matmul {peak_flops / 1e9:.1f} GFLOP/s, batch {args.batch_size}")
+    peak = matmul_flops(device, precision)
+    log(f"profile: {device}, {precision}, {torch.get_num_threads()} threads, warm matmul peak {peak / 1e9:.1f} "
+        f"GFLOP/s, batch {args.batch_size}")
     jobs = [(p, s, sp, ch) for p in presets for s in img_sizes(args.img_size) for sp in spatials for ch in channels]
     rows, targets = [], {}
     for preset, size, spatial, channel in tqdm(jobs, desc="profile", file=sys.stderr,
@@ -83,17 +84,18 @@ def profile(args: argparse.Namespace, log) -> dict:
                                                       torch.get_num_threads(), precision)
         row = {"spatial": spatial, "channel": channel, "preset": preset, "img_size": cfg.img_size,
                "tokens": tokens(cfg), "params": trainable, "params_frozen": frozen, "macs": macs,
-               "train_img_s": significant(speed["train_img_s"]), "infer_img_s": significant(speed["infer_img_s"]),
-               "peak_mem_mb": round(speed["peak_mem_mb"], 1),
-               "mfu": round(3 * 2 * macs * speed["train_img_s"] / peak_flops, 5)}
+               **rates("train_img_s", speed["train_img_s"]), **rates("infer_img_s", speed["infer_img_s"]),
+               "warm": speed["stable"], "peak_mem_mb": round(speed["peak_mem_mb"], 1),
+               "mfu": round(mfu(macs, speed["train_img_s"][0], peak), 5)}
         if args.match:
             row |= {"matched_to": f"{reference}/{channels[0]}", "dims": ",".join(map(str, cfg.dims)),
                     "ratio": channel_ratio(cfg, channel)}
         log(f"  {preset} {cfg.img_size}px {spatial}/{channel}: {trainable:,} params, {macs / 1e6:.2f} M MACs, "
-            f"train {rate(row['train_img_s'])} img/s, infer {rate(row['infer_img_s'])} img/s")
+            f"train {spread(row, 'train_img_s')} img/s, infer {spread(row, 'infer_img_s')} img/s"
+            + ("" if row["warm"] else f" (not stable after {MAX_WARMUP_S:.0f} s of warm-up)"))
         rows.append(row)
-    return {"device": str(device), "precision": precision, "batch_size": args.batch_size, "matmul_flops": peak_flops,
-            "rows": rows}
+    return {"device": str(device), "precision": precision, "threads": torch.get_num_threads(),
+            "batch_size": args.batch_size, "matmul_flops": peak, "rows": rows}
 
 
 def significant(value: float, digits: int = 4) -> float:
@@ -101,15 +103,28 @@ def significant(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
+def rates(key: str, median_low_high: tuple[float, float, float]) -> dict:
+    """A throughput's median and its interquartile range as row columns: KEY, KEY_lo, KEY_hi."""
+    median, low, high = (significant(v) for v in median_low_high)
+    return {key: median, f"{key}_lo": low, f"{key}_hi": high}
+
+
 def rate(images_per_s: float) -> str:
     return f"{images_per_s:,.0f}" if images_per_s >= 10 else f"{images_per_s:.2g}"
 
 
+def spread(row: dict, key: str) -> str:
+    """"1,583 (1,540-1,610)": the median and the interquartile range of the timed steps."""
+    return f"{rate(row[key])} ({rate(row[key + '_lo'])}-{rate(row[key + '_hi'])})"
+
+
 def format_table(rows: list[dict]) -> str:
     table = pd.DataFrame(rows)
+    for key in ("train_img_s", "infer_img_s"):  # median (interquartile range)
+        table[key] = [spread(row, key) for row in rows]
+        table = table.drop(columns=[f"{key}_lo", f"{key}_hi"])
     formats = {"params": lambda v: f"{v / 1e6:.3f} M", "params_frozen": lambda v: f"{v / 1e6:.3f} M",
-               "macs": lambda v: f"{v / 1e6:.2f} M", "train_img_s": rate,
-               "infer_img_s": rate, "peak_mem_mb": "{:.0f}".format, "mfu": "{:.1%}".format}
+               "macs": lambda v: f"{v / 1e6:.2f} M", "peak_mem_mb": "{:.0f}".format, "mfu": "{:.1%}".format}
     for key, fmt in formats.items():
         table[key] = table[key].map(fmt)
     return table.rename(columns={"macs": "MACs", "peak_mem_mb": "peak_MiB"}).to_string(index=False)
@@ -143,6 +158,17 @@ def plot_cost_vs_tokens(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def check_writable(flag: str, path: Path) -> None:
+    """A file the command will write: its folder exists and takes files, and the path is not a folder."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path}: cannot write there (permission denied)")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p, many=True)
     p.set_defaults(spatial=",".join(blocks.SPATIAL))  # profile compares every spatial mixer unless told otherwise
@@ -153,8 +179,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="resize each model (width, then channel-MLP ratio) to the reference's params or MACs")
     p.add_argument("--match-to", default=None, metavar="SPATIAL",
                    help="the reference spatial mixer for --match (default: the first in --spatial)")
-    p.add_argument("--warmup", type=positive_int, default=3, help="untimed steps before timing")
-    p.add_argument("--repeats", type=positive_int, default=10, help="timed steps; the median is reported")
+    p.add_argument("--warmup", type=positive_int, default=3,
+                   help="untimed steps at the least before timing; then more until the step time is stable")
+    p.add_argument("--repeats", type=positive_int, default=10,
+                   help="timed steps; the median and the interquartile range are reported")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="fp32, or bf16 autocast; auto = bf16 where the device has it in hardware (as `run`)")
@@ -169,6 +197,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
+    for flag, path in (("--csv", args.csv), ("--plot", args.plot)):  # before minutes of measuring, not after
+        if path:
+            check_writable(flag, Path(path))
     doc = profile(args, log)
     write_csv(Path(args.csv), doc["rows"])
     log(f"wrote {args.csv}")

@@ -1,11 +1,9 @@
-"""Measured cost: training and inference throughput (median of timed steps after warm-up, on the device the run
-uses, with run's own training step), peak training memory, and the machine's peak matmul rate behind MFU."""
+"""Measured cost: training and inference throughput (warm steps' median and spread, on the device the run uses, with
+run's own training step) and peak training memory. The matmul peak behind MFU is foundations.timing's."""
 import functools
 import multiprocessing
 import multiprocessing.forkserver
 import resource
-import statistics
-import time
 
 import torch
 from torch import nn
@@ -13,25 +11,9 @@ from torch import nn
 import blocks
 
 from ..foundations.config import RunConfig
-from ..foundations.runtime import autocast, sync, timer
+from ..foundations.runtime import autocast
+from ..foundations.timing import warm_times
 from .training.step import Step, make_optimizer, memory_format
-
-def step_times(step, warmup: int, repeats: int, device: torch.device, clock=time.perf_counter) -> list[float]:
-    """Seconds of each of `repeats` calls of step() after `warmup` untimed ones (runtime.timer: CUDA events on
-    GPU, `clock` on CPU)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        stop = timer(device, clock)
-        step()
-        times.append(stop())
-    return times
-
-
-def median_seconds(step, warmup: int, repeats: int, device: torch.device) -> float:
-    return statistics.median(step_times(step, warmup, repeats, device))
 
 
 def batch(cfg: blocks.MetaFormerConfig, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,29 +44,19 @@ def infer_step(model: nn.Module, x: torch.Tensor, precision: str):
     return step
 
 
-def throughput(model: nn.Module, batch_size: int, device: torch.device, precision: str, warmup: int,
+def throughput(model: nn.Module, batch_size: int, device: torch.device, precision: str, min_warmup: int,
                repeats: int) -> dict:
-    """Training and inference images/s (median step time), and peak CUDA memory of training on GPU."""
+    """Training and inference images/s, each (median, low, high) over `repeats` warm steps (timing.warm_times:
+    warmed up until stable, so no row is measured cold), whether both warm-ups settled, and peak CUDA memory of
+    training on GPU."""
     x, y = batch(model.cfg, batch_size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_s = median_seconds(train_step(model, x, y, precision), warmup, repeats, device)
+    train = warm_times(train_step(model, x, y, precision), device, repeats, min_warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
-    infer_s = median_seconds(infer_step(model, x, precision), warmup, repeats, device)
-    return {"train_img_s": batch_size / train_s, "infer_img_s": batch_size / infer_s, "peak_mem_mb": peak}
-
-
-@functools.cache
-def matmul_flops(device_name: str, precision: str) -> float:
-    """Peak matmul FLOP/s of this device in `precision` (runtime.pick_precision's: the one training uses), measured
-    in this process: the best of repeated square matmuls of matrices already in that precision (autocast would time
-    its casts too)."""
-    device = torch.device(device_name)
-    n = 4096 if device.type == "cuda" else 1024
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = min(median_seconds(lambda: a @ b, warmup=0, repeats=1, device=device) for _ in range(6))
-    return 2 * n ** 3 / best
+    infer = warm_times(infer_step(model, x, precision), device, repeats, min_warmup)
+    return {"train_img_s": train.rate(batch_size), "infer_img_s": infer.rate(batch_size),
+            "stable": train.stable and infer.stable, "peak_mem_mb": peak}
 
 
 def memory_child(conn, cfg: blocks.MetaFormerConfig, mixers: dict, batch_size: int, steps: int, threads: int,
@@ -110,10 +82,14 @@ PRELOAD = ["torch", "blocks", "timm.optim", "ablate.engines.measure"]
 @functools.cache
 def forkserver() -> multiprocessing.context.BaseContext:
     """Children forked from a server that has imported torch and blocks and done no work: each starts fast and
-    with a fresh RSS high-water mark, unlike a fork of this process. (As with any multiprocessing start method
-    but fork, a script calling this needs the `if __name__ == "__main__":` guard.)"""
+    with a fresh RSS high-water mark, unlike a fork of this process. Returns once the server has finished its
+    imports (a first child has run), so that they do not compete with a timing. (As with any multiprocessing start
+    method but fork, a script calling this needs the `if __name__ == "__main__":` guard.)"""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
+    first = ctx.Process(target=int)  # forked only after the preload
+    first.start()
+    first.join()
     return ctx
 
 

@@ -23,7 +23,7 @@ from ...foundations.runtime import (autocast, git_commit, pick_device, pick_prec
                                    usable_cores)
 from .. import data
 from ..cost import count_macs, count_params
-from ..measure import matmul_flops
+from ...foundations.timing import matmul_flops
 from ..data.subsets import split
 from ..data.transforms import Transform, pixel_permutation
 from .plan import ModelPlan, plan_model
@@ -53,7 +53,7 @@ class Trainer:
         self.ds = data.load(cfg.dataset, cfg.data_dir, img_size=cfg.img_size)
         plan = plan or plan_model(cfg, self.ds.shape, self.ds.num_classes)
         # beside every time in the record (times compare only so), in the precision the run trains in
-        self.matmul_flops = matmul_flops(str(self.device), self.precision)
+        self.matmul_flops = matmul_flops(self.device, self.precision)
         torch.manual_seed(cfg.seed)  # after the peak's (cached) random matrices: every run of a process draws alike
         self.model, self.matched = build(plan.config), plan.matched and dict(plan.matched)
         if self.dist.active and self.device.type == "cuda":  # batch statistics over the global batch (GPU only)
@@ -217,7 +217,7 @@ class Trainer:
             "infer_img_s": round(self.infer_img_s, 1) if self.infer_img_s else None,
             "device": str(self.device), "precision": self.precision, "world_size": self.dist.world,
             "threads": torch.get_num_threads(),
-            "matmul_flops": round(self.matmul_flops), "history": self.history,
+            "matmul_flops": round(self.matmul_flops), "matmul_flops_warm": True, "history": self.history,
             **({"peak_mem_mb": self.peak_mem_mb} if self.device.type == "cuda" else {}),
             "config": {**dataclasses.asdict(cfg), "model": dataclasses.asdict(self.model.cfg)},
             "config_key": cfg.key(), "status": status, "error": error, "run_id": run_dir.name,
