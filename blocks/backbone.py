@@ -12,7 +12,6 @@ stages with downsampling between them is the hierarchical shape (PoolFormer, Con
 CAFormer). Everything that differs between those families is a field of MetaFormerConfig,
 so swapping the spatial mixer changes exactly one thing.
 """
-import inspect
 from dataclasses import replace
 
 import torch
@@ -20,6 +19,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from .channel import CHANNEL
+from .checks import check_options, hidden_width, shown
 from .config import MetaFormerConfig, validate
 from .errors import ConfigError
 from .layers import make_act, make_norm
@@ -29,24 +29,21 @@ from .spatial import SPATIAL
 
 def build_mixer(registry: dict, kind: str, name: str, dim: int, options: dict, prefix_tokens: int = 0,
                 **positional) -> nn.Module:
-    """Builds one mixer by name with only its own options; unknown names and options are ConfigErrors.
+    """Builds one mixer by name with only its own options; unknown names, options and values that make no sense
+    (checks.check_options) are ConfigErrors.
 
     With class tokens (`prefix_tokens` > 0) the mixer must reach them (its `reaches_prefix` trait), and a
     grid-tied one is told how many there are, as its weights are tied to the token count.
     """
     if name not in registry:
-        raise ConfigError(f"unknown {kind} mixer {name!r}; valid: {', '.join(registry)}")
+        raise ConfigError(f"unknown {kind} mixer {shown(name)}; valid: {', '.join(registry)}")
     cls = registry[name]
     if prefix_tokens and not cls.reaches_prefix:
         raise ConfigError(f"{kind} mixer {name!r} mixes a grid and cannot reach a class token; "
                           f"build the model with head='avg'")
     if prefix_tokens and cls.grid_tied:
         positional["prefix_tokens"] = prefix_tokens
-    accepted = [p for p in inspect.signature(cls).parameters if p not in ("dim", "prefix_tokens", *positional)]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(f"{kind} mixer {name!r} has no option {', '.join(map(repr, unknown))}; "
-                          f"its options: {', '.join(accepted) or 'none'}")
+    check_options(cls, options, f"{kind} mixer {name!r}")
     return cls(dim, **positional, **options)
 
 
@@ -98,17 +95,12 @@ class Block(nn.Module):
         x = self.res_scale2(x) + self.drop_path(self.layer_scale2(self.channel(self.norm2(x))))
         return x
 
-    def forward_with_prefix(self, x: torch.Tensor, prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Same math on the sequence [prefix tokens; grid tokens]: (B, H, W, C), (B, T, C) -> same."""
-        B, H, W, C = x.shape
-        T = prefix.shape[1]
-        seq = torch.cat([prefix, x.reshape(B, H * W, C)], dim=1)  # (B, T + HW, C)
-        normed = self.norm1(seq)
-        grid, prefix = self.spatial(normed[:, T:].reshape(B, H, W, C), prefix=normed[:, :T])
-        mixed = torch.cat([prefix, grid.reshape(B, H * W, C)], dim=1)
-        seq = self.res_scale1(seq) + self.drop_path(self.layer_scale1(mixed))
+    def forward_sequence(self, seq: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Same math on the token sequence [class tokens; grid tokens] (B, T + HW, C) -> same: the spatial mixer is
+        a TokenMixer, which mixes them all at once."""
+        seq = self.res_scale1(seq) + self.drop_path(self.layer_scale1(self.spatial.mix(self.norm1(seq), grid)))
         seq = self.res_scale2(seq) + self.drop_path(self.layer_scale2(self.channel(self.norm2(seq))))
-        return seq[:, T:].reshape(B, H, W, C), seq[:, :T]
+        return seq
 
 
 class Stem(nn.Module):
@@ -127,6 +119,9 @@ class Stem(nn.Module):
             n = p.bit_length() - 1
             if 2 ** n != p or n < 1:
                 raise ConfigError(f"the conv stem halves the size per conv, so patch_size must be a power of 2, not {p}")
+            if dim < 2 ** (n - 1):
+                raise ConfigError(f"the conv stem of patch_size {p} doubles its width {n - 1} times up to dims[0], "
+                                  f"which must be at least {2 ** (n - 1)}, not {dim}")
             widths = [cfg.in_chans] + [dim // 2 ** (n - 1 - i) for i in range(n)]
             layers = []
             for i in range(n):
@@ -157,7 +152,7 @@ class MlpHead(nn.Module):
 
     def __init__(self, dim: int, num_classes: int, ratio: float, norm: str, eps: float, drop: float):
         super().__init__()
-        hidden = int(ratio * dim)
+        hidden = hidden_width(ratio, dim, "head_hidden_ratio")
         self.fc1 = nn.Linear(dim, hidden)
         self.act = make_act("squaredrelu")
         self.norm = make_norm(norm, hidden, eps)
@@ -240,9 +235,12 @@ class MetaFormer(nn.Module):
         prefix = self.cls_token.expand(x.shape[0], -1, -1)
         if self.prefix_pos_embed is not None:
             prefix = prefix + self.prefix_pos_embed
+        B, H, W, C = x.shape
+        T = prefix.shape[1]
+        seq = torch.cat([prefix, x.reshape(B, H * W, C)], dim=1)  # (B, T + HW, C), one sequence through the blocks
         for block in self.stages[0]:  # a class token implies one stage (validated)
-            x, prefix = block.forward_with_prefix(x, prefix)
-        return x, prefix
+            seq = block.forward_sequence(seq, (H, W))
+        return seq[:, T:].reshape(B, H, W, C), seq[:, :T]
 
     def check_grid(self, grid: tuple[int, int]) -> None:
         """Parts tied to the token grid (learned position embedding, token-mixing weights) cannot run on another."""
@@ -258,9 +256,9 @@ class MetaFormer(nn.Module):
                               f"build it with img_size set to the input size")
 
     def forward_head(self, x: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:  # -> (B, num_classes)
-        if self.cfg.head_norm == "pre":
-            x, prefix = self.head_norm(x), prefix if prefix is None else self.head_norm(prefix)
-        x = x.mean(dim=(1, 2)) if prefix is None else prefix[:, 0]  # (B, C)
+        pre = self.head_norm if self.cfg.head_norm == "pre" else nn.Identity()
+        # (B, C): the mean of the grid, or the class token alone (ViT: the grid is not normed for nothing)
+        x = pre(x).mean(dim=(1, 2)) if prefix is None else pre(prefix)[:, 0]
         if self.cfg.head_norm == "post":
             x = self.head_norm(x)
         return self.head(self.head_drop(x))

@@ -2,7 +2,8 @@
 from dataclasses import dataclass, field, fields
 
 from .channel import CHANNEL
-from .checks import check_fields
+from .checks import (FRACTION, MAX_BLOCKS, MAX_CLASSES, MAX_IMG_SIZE, MAX_RATIO, MAX_WIDTH, above, check_fields,
+                     check_options, shown, whole)
 from .errors import ConfigError
 from .layers import NORMS
 from .spatial import SPATIAL
@@ -35,8 +36,10 @@ class MetaFormerConfig:
     head_norm_name: str | None = None    # norm type of the head norm, None = same as `norm`
     head_norm_eps: float | None = None   # eps of the head's norms, None = norm_eps (PoolFormer v1: 1e-5 in blocks, 1e-6 here)
     head_hidden_ratio: float = 0.0       # 0: linear classifier; > 0: MLP head with this ratio (MetaFormer v2)
-    layer_scale: float | tuple | None = None  # init value of per-channel scale on each branch, None = off; or per stage
-    res_scale: float | tuple | None = None    # init value of per-channel scale on the residual (MetaFormer v2)
+    layer_scale: float | tuple[float | None, ...] | None = None  # init value of per-channel scale on each branch,
+                                                                # None = off; or per stage
+    res_scale: float | tuple[float | None, ...] | None = None    # init value of per-channel scale on the residual
+                                                                # (MetaFormer v2)
     drop_path: float = 0.0               # stochastic depth, rising linearly to this over all blocks
     drop: float = 0.0                    # dropout before the classifier
 
@@ -49,13 +52,11 @@ CHOICES = {"stem": STEMS, "norm": tuple(NORMS), "stem_norm": tuple(NORMS), "down
            "head_norm_name": tuple(NORMS), "pos_embed": ("none", "learned", "sincos"), "head": ("avg", "token"),
            "head_norm": ("pre", "post", "none")}
 RANGES = {
-    "img_size": (lambda v: v > 0, "> 0"), "in_chans": (lambda v: v > 0, "> 0"),
-    "num_classes": (lambda v: v >= 0, ">= 0"), "depths": (lambda v: v > 0, "> 0 per stage"),
-    "dims": (lambda v: v > 0, "> 0 per stage"), "patch_size": (lambda v: v > 0, "> 0"),
-    "norm_eps": (lambda v: v > 0, "> 0"), "head_norm_eps": (lambda v: v > 0, "> 0"),
-    "head_hidden_ratio": (lambda v: v >= 0, ">= 0"), "layer_scale": (lambda v: v > 0, "> 0"),
-    "res_scale": (lambda v: v > 0, "> 0"), "drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "drop": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "img_size": whole(1, MAX_IMG_SIZE), "in_chans": whole(1, MAX_WIDTH), "num_classes": whole(0, MAX_CLASSES),
+    "depths": whole(1, MAX_BLOCKS), "dims": whole(1, MAX_WIDTH), "patch_size": whole(1, MAX_IMG_SIZE),
+    "norm_eps": above(0, 1), "head_norm_eps": above(0, 1),
+    "head_hidden_ratio": ((lambda v: 0 <= v <= MAX_RATIO), f"in [0, {MAX_RATIO}]: 0 = a linear classifier"),
+    "layer_scale": above(0), "res_scale": above(0), "drop_path": FRACTION, "drop": FRACTION,
 }
 
 
@@ -63,16 +64,13 @@ def validate(cfg: MetaFormerConfig) -> None:
     """Every field's type, choices and range, then how the fields fit together; a ConfigError names the field."""
     for kind, registry in (("spatial", SPATIAL), ("channel", CHANNEL)):
         for name in cfg.per_stage(getattr(cfg, kind)) if isinstance(getattr(cfg, kind), (str, tuple, list)) else ():
-            if name not in registry:
-                raise ConfigError(f"unknown {kind} mixer {name!r}; valid: {', '.join(registry)}")
+            if not isinstance(name, str) or name not in registry:
+                raise ConfigError(f"unknown {kind} mixer {shown(name)}; valid: {', '.join(registry)}")
     check_fields(cfg, RANGES, CHOICES)
-    for kind, registry in (("spatial_options", SPATIAL), ("channel_options", CHANNEL)):
-        unknown = [k for k in getattr(cfg, kind) if k not in registry]
-        if unknown:
-            raise ConfigError(f"{kind} names unknown mixer {unknown[0]!r}; valid: {', '.join(registry)}")
-        bad = [k for k, v in getattr(cfg, kind).items() if not isinstance(v, dict)]
-        if bad:
-            raise ConfigError(f"{kind}[{bad[0]!r}] must be a table of that mixer's options")
+    if not 1 <= sum(cfg.depths) <= MAX_BLOCKS:
+        raise ConfigError(f"depths = {shown(cfg.depths)} make {sum(cfg.depths):,} blocks; valid: one entry per "
+                          f"stage, from 1 to {MAX_BLOCKS:,} blocks in all")
+    check_mixer_options(cfg)
     n = len(cfg.depths)
     if len(cfg.dims) != n:
         raise ConfigError(f"depths has {n} stages but dims has {len(cfg.dims)}")
@@ -86,3 +84,15 @@ def validate(cfg: MetaFormerConfig) -> None:
     if not cfg.residual and (cfg.drop_path or any(cfg.per_stage(cfg.res_scale))):
         raise ConfigError("residual=false leaves no skip connection for drop_path to fall back on or res_scale to "
                           "scale; set drop_path = 0 and res_scale = none")
+
+
+def check_mixer_options(cfg: MetaFormerConfig) -> None:
+    """Every mixer named in spatial_options and channel_options, and each of its options (checks.check_options),
+    also for mixers the model does not use: a value that makes no sense is an error wherever it is."""
+    for kind, registry in (("spatial", SPATIAL), ("channel", CHANNEL)):
+        for name, options in getattr(cfg, f"{kind}_options").items():
+            if name not in registry:
+                raise ConfigError(f"{kind}_options names unknown mixer {shown(name)}; valid: {', '.join(registry)}")
+            if not isinstance(options, dict):
+                raise ConfigError(f"{kind}_options[{shown(name)}] must be a table of that mixer's options")
+            check_options(registry[name], options, f"{kind} mixer {name!r}")

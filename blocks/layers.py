@@ -3,6 +3,7 @@ import torch
 from timm.models.metaformer import SquaredReLU, StarReLU
 from torch import nn
 
+from .checks import shown
 from .errors import ConfigError
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "starrelu": StarReLU, "squaredrelu": SquaredReLU}
@@ -10,7 +11,7 @@ ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "starrelu": St
 
 def make_act(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+        raise ConfigError(f"unknown activation {shown(name)}; valid: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
@@ -40,5 +41,5 @@ NORMS = {
 def make_norm(name: str, dim: int, eps: float) -> nn.Module:
     """A norm over channels of a (B, H, W, C) tensor (group1 also spans H and W, as in PoolFormer)."""
     if name not in NORMS:
-        raise ConfigError(f"unknown norm {name!r}; valid: {', '.join(NORMS)}")
+        raise ConfigError(f"unknown norm {shown(name)}; valid: {', '.join(NORMS)}")
     return NORMS[name](dim, eps)

@@ -2,7 +2,8 @@
 from dataclasses import replace
 
 from .backbone import MetaFormer
-from .config import CONFIG_FIELDS, MetaFormerConfig
+from .checks import shown
+from .config import CONFIG_FIELDS, MetaFormerConfig, validate
 from .errors import ConfigError
 from .published import PUBLISHED
 
@@ -26,16 +27,20 @@ PRESETS: dict[str, MetaFormerConfig] = {**CPU_PRESETS, **PUBLISHED}  # published
 
 
 def preset_config(name: str, **overrides) -> MetaFormerConfig:
+    """Preset `name` with MetaFormerConfig fields overridden, checked (a ConfigError names a wrong field)."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {shown(name)}; valid: {', '.join(PRESETS)}")
     unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
     if unknown:
-        raise ConfigError(f"unknown backbone option {', '.join(map(repr, unknown))}; valid: {', '.join(CONFIG_FIELDS)}")
+        raise ConfigError(f"unknown backbone option {', '.join(map(shown, unknown[:3]))}; valid: "
+                          f"{', '.join(CONFIG_FIELDS)}")
     cfg = PRESETS[name]
     for key in ("spatial", "channel"):  # one name for every stage
         if isinstance(overrides.get(key), str) and isinstance(getattr(cfg, key), tuple):
             overrides[key] = (overrides[key],) * len(cfg.depths)
-    return replace(cfg, **overrides)
+    cfg = replace(cfg, **overrides)
+    validate(cfg)  # every value, before anything is built
+    return cfg
 
 
 def create(name: str, **overrides) -> MetaFormer:

@@ -49,7 +49,7 @@ CASES = {
                                      r"--data-dir .*empty does not hold fashion-mnist"),
     "drop path above 1": (["--model-opt", "drop_path=1.5", *SYN], r"drop_path = 1.5 is out of range: drop_path in \[0, 1\)"),
     "wrong type of model option": (["--model-opt", "depths=four", *SYN], r"depths = 'four' must be a list of whole numbers"),
-    "malformed JSON model option": (["--model-opt", "depths=[4,", *SYN], r"depths: malformed JSON value '\[4,'"),
+    "malformed JSON model option": (["--model-opt", "depths=[4,", *SYN], r"'depths': malformed JSON value '\[4,'"),
     "model too large to allocate": (["--model-opt", "dims=[32768]", *SYN], r"needs .* GiB .* more than the .* GiB free"),
     "reserved model option": (["--model-opt", "spatial=conv", *SYN], r"model_options may not set spatial"),
     # profile

@@ -60,15 +60,14 @@ def test_attention_spelled_out_under_cpu_bf16_is_sdpa_to_bf16_precision(monkeypa
                         lambda *a, **kw: calls.append(a[0].dtype) or sdpa(*a, **kw))
     torch.manual_seed(0)
     mixer = blocks.SPATIAL["attention"](64, (7, 7))
-    x, prefix = torch.randn(2, 7, 7, 64), (torch.randn(2, 1, 64) if class_token else None)
+    tokens = torch.randn(2, 49 + class_token, 64)  # a class token first, as the backbone's sequence has it
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = mixer(x, prefix)
+        low = mixer.mix(tokens, (7, 7))
     assert calls == []
-    high = mixer(x, prefix)
+    high = mixer.mix(tokens, (7, 7))
     assert calls == [torch.float32]
-    for a, b in zip(low if class_token else [low], high if class_token else [high]):
-        assert a.dtype == torch.bfloat16
-        torch.testing.assert_close(a.float(), b, atol=0.03, rtol=0.03)
+    assert low.dtype == torch.bfloat16 and low.shape == high.shape == tokens.shape
+    torch.testing.assert_close(low.float(), high, atol=0.03, rtol=0.03)
 
 
 def test_random_mixer_is_frozen_and_counted():

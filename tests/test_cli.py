@@ -138,7 +138,7 @@ def test_a_run_from_before_the_precision_option_resumes_in_the_precision_of_wher
     first, run_dir = interrupted_run(*args, "--precision", trained_in)
     record = {k: v for k, v in json.loads((run_dir / "record.json").read_text()).items() if k != "precision"}
     (run_dir / "record.json").write_text(json.dumps({**record, "device": trained_on}))
-    state = {k: v for k, v in torch.load(run_dir / "checkpoint.pt", weights_only=False).items() if k != "precision"}
+    state = {k: v for k, v in torch.load(run_dir / "checkpoint.pt", weights_only=True).items() if k != "precision"}
     if trained_on != "cpu":
         state["cuda_rng"] = torch.get_rng_state()  # stands in for a CUDA generator's state (not restored on CPU)
     torch.save(state, run_dir / "checkpoint.pt")

@@ -80,7 +80,7 @@ def test_full_disk_keeps_the_previous_epoch(tmp_path, monkeypatch):
         runs.run(cfg, quiet=True)
     run_dir = next(tmp_path.glob("*/record.json")).parent
     assert json.loads((run_dir / "record.json").read_text())["status"] == "failed"
-    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert len(checkpoint["history"]) == 1  # epoch 1 survives intact, ready for --resume
 
 

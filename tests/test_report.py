@@ -367,6 +367,32 @@ def test_a_two_value_grid_an_all_pruned_arm_and_a_diverged_trial(storage, tmp_pa
     assert "| attention | 2 (1 failed) | 0.9000 | lr=0.003 |" in md
 
 
+def test_a_diverged_trial_with_the_record_of_its_last_evaluation_is_a_failed_result(storage, tmp_path, capsys):
+    """`study` keeps a diverged run's last record (its `error` None, the run then still going) beside the trial's own
+    error: the trial's error wins, so the run is a failed result in its arm's row, not an interrupted one."""
+    study = optuna.create_study(study_name="div", storage=storage, direction="maximize")
+    for seed in (0, 1):
+        study.add_trial(final_trial({"spatial": "conv"}, record("conv", 1000, "none", seed)))
+    for seed, rec in ((0, record("mlp", 1000, "none", 0)), (1, None)):  # seed 1 diverged before its first evaluation
+        last = rec and {**rec, "status": "running", "error": None, "test_acc": None}
+        error = f"diverged: loss is nan at step {3 + seed}"
+        study.add_trial(create_trial(state=TrialState.FAIL,
+                                     user_attrs={**attrs({"spatial": "mlp"}, "final", seed, last), "error": error}))
+    code, doc = run_report(storage, "div", tmp_path / "r", capsys=capsys)
+    assert code == 0 and doc["interrupted"] == 0 and doc["lost_claims"] == 0
+    assert [(r["number"], r["arm"], r["phase"], r["seed"], r["error"]) for r in doc["failed_runs"]] == [
+        (2, "spatial=mlp", "final", 0, "diverged: loss is nan at step 3"),
+        (3, "spatial=mlp", "final", 1, "diverged: loss is nan at step 4")]  # no complete mlp run: spatial no axis
+    rows = {r["arm"]: (r["n"], r["failed"]) for r in doc["arms"]}
+    assert rows == {"spatial=conv": (2, 0), "spatial=mlp": (0, 2)}
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "interrupted" not in md and "failed includes 2 diverged run(s), results: see Failed runs" in md
+    assert "| 2 | spatial=mlp | final | 0 | diverged: loss is nan at step 3 |" in md
+    assert "| spatial=mlp | 0 | — ± — | [—, —] | — | — | — | — | 2 |" in md
+    rows = list(csv.DictReader((tmp_path / "r" / "trials.csv").open()))
+    assert [r["error"] for r in rows[2:]] == ["diverged: loss is nan at step 3", "diverged: loss is nan at step 4"]
+
+
 def test_a_continuous_space_gets_points_and_no_line(everything):
     """The fixture tunes lr (log) and weight_decay (linear) with TPE-like draws: a line through them would read as a
     response curve."""

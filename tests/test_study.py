@@ -403,7 +403,7 @@ def test_bad_experiment_file_exits_2_naming_the_key(tmp_path, capsys, text, mess
 def test_linked_axis_sets_several_options_per_arm(tmp_path):
     from ablate.engines.study import experiment as experiment_file
     file = tmp_path / "scaling.toml"
-    file.write_text('[run]\ndataset = "synthetic"\nval_size = 100\n[arms]\nspatial = ["conv", "mlp"]\n'
+    file.write_text('[run]\ndataset = "synthetic"\nval_size = 100\nbatch_size = 100\n[arms]\nspatial = ["conv", "mlp"]\n'
                     'data = [{ train_size = 200, epochs = 4 }, { train_size = 400, epochs = 2 }]\n')
     exp = experiment_file.load(file)
     assert [a.axes for a in exp.arms] == [{"spatial": s, "train_size": n, "epochs": e} for s in ("conv", "mlp")

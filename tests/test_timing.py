@@ -90,14 +90,16 @@ def test_matmul_peak_is_warm_per_thread_count_and_precision(monkeypatch):
     timing.peak_flops.cache_clear()
     threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         peak = matmul_flops(CPU, "fp32")
         torch.set_num_threads(1)
         matmul_flops(CPU, "fp32")
+        assert peak > 1e9 and len(calls) == 2  # one measurement per thread count, each through warm_times
+        torch.set_num_threads(2)
+        assert matmul_flops(CPU, "fp32") == peak and len(calls) == 2  # cached for the same threads and precision
     finally:
         torch.set_num_threads(threads)
-    assert peak > 1e9 and len(calls) == 2  # one measurement per thread count, each through warm_times
-    assert matmul_flops(CPU, "fp32") == peak and len(calls) == 2  # cached for the same threads and precision
-    timing.peak_flops.cache_clear()
+        timing.peak_flops.cache_clear()
 
 
 def test_mfu_above_100_percent_fails_loudly():

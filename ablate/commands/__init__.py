@@ -1,11 +1,13 @@
 """The top layer: one module per command, each with HELP, add_arguments(parser) and main(args).
 
-`python -m ablate [run|profile|study|report|list] ...`; exit 0 ok, 2 bad input, 1 failed run.
+`python -m ablate [run|profile|study|report|list] ...`; exit 0 ok, 2 bad input, 1 failed run, 130 Ctrl-C.
 """
 import argparse
 import importlib
+import re
 import sys
 
+from blocks.checks import SHOWN_CHARS
 from blocks.errors import ConfigError
 
 from ..foundations.errors import RunFailed
@@ -13,8 +15,18 @@ from ..foundations.errors import RunFailed
 COMMANDS = {"run": "run", "profile": "profile", "study": "study", "report": "report", "list": "listing"}  # -> module
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a long value cut short in its error messages (it echoes `invalid choice: '<10 MB>'` whole)."""
+
+    def error(self, message: str):
+        super().error(LONG_WORD.sub(lambda m: f"{m[0][:SHOWN_CHARS]}... ({len(m[0]):,} characters)", message))
+
+
+LONG_WORD = re.compile(rf"[^\s']{{{SHOWN_CHARS + 10},}}")  # longer than what shown() leaves of a value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablate",
+    parser = Parser(prog="ablate",
                                      description="Swap one slot of one vision backbone, train it, count its cost.")
     sub = parser.add_subparsers(dest="command")
     for name, module in COMMANDS.items():
@@ -29,9 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "run")
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # inside: Ctrl-C while torch imports is no traceback either
         return args.func(args)
+    except KeyboardInterrupt:  # `run` and `study` catch it themselves to say how to resume
+        print(f"ablate {argv[0]}: interrupted", file=sys.stderr)
+        return 130
     except ConfigError as e:  # UsageError and DataError are ConfigErrors too
         print(f"ablate {args.command}: error: {e}", file=sys.stderr)
         return 2

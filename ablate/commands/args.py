@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import blocks
+from blocks.checks import shown
 
 from ..engines import data
 from ..foundations.config import MATCH_METRICS, RECIPES, SHUFFLES, RunConfig
@@ -15,15 +16,17 @@ def key_value(text: str) -> tuple[str, object]:
     """KEY=VALUE with VALUE parsed as JSON when it is JSON (numbers, true, lists), else kept as a string; a value
     that starts like JSON ([, {, ") but does not parse is an error, not a string."""
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {shown(text)}")
     key, value = text.split("=", 1)
     try:
         return key, json.loads(value)
     except json.JSONDecodeError as e:
         if value.lstrip().startswith(("[", "{", '"')):
-            raise argparse.ArgumentTypeError(f"{key}: malformed JSON value {value!r} ({e.msg} at character "
-                                             f"{e.pos})") from None
+            raise argparse.ArgumentTypeError(f"{shown(key)}: malformed JSON value {shown(value)} ({e.msg} at "
+                                             f"character {e.pos})") from None
         return key, value
+    except (ValueError, RecursionError) as e:  # a number of over 4,300 digits; lists nested too deep
+        raise argparse.ArgumentTypeError(f"{shown(key)}: cannot read the value {shown(value)}: {e}") from None
 
 
 def add_model_args(p: argparse.ArgumentParser, many: bool) -> None:

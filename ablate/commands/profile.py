@@ -1,6 +1,7 @@
 """`python -m ablate profile`: params, MACs, training and inference throughput, memory and MFU, one row per
 preset x image size x spatial mixer x channel mixer."""
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -11,10 +12,12 @@ import torch
 from tqdm import tqdm
 
 import blocks
+from blocks.checks import shown
 
 from ..engines.cost import count_macs, count_params, tokens
 from ..engines.matching import channel_ratio, check_match_to, match_overrides, reference_target
 from ..engines.measure import cpu_peak_memory_mb, forkserver, throughput
+from ..engines.training.plan import check_memory
 from ..foundations.config import MATCH_METRICS
 from ..foundations.errors import UsageError
 from ..foundations.io import atomic_write
@@ -40,10 +43,30 @@ def img_sizes(text: str | None) -> list[int | None]:
     try:
         sizes = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise UsageError(f"--img-size expects comma-separated whole numbers, got {text!r}") from None
+        raise UsageError(f"--img-size expects comma-separated whole numbers, got {shown(text)}") from None
     if not sizes or min(sizes) <= 0:
-        raise UsageError(f"--img-size expects positive sizes, got {text!r}")
+        raise UsageError(f"--img-size expects positive sizes, got {shown(text)}")
     return sizes
+
+
+def planned(args: argparse.Namespace, presets: list[str], spatials: list[str],
+            channels: list[str]) -> list[tuple[str, str, str, blocks.MetaFormerConfig]]:
+    """Each row's preset, spatial and channel mixer, and model (resized to the reference's budget with --match), built on the meta device: a bad option or
+    a model too large for the device's memory stops the command before anything is measured."""
+    configs, targets = [], {}
+    reference = args.match_to or spatials[0]
+    for preset, size, spatial, channel in itertools.product(presets, img_sizes(args.img_size), spatials, channels):
+        base = dict(args.model_opt) | ({"img_size": size} if size else {})
+        overrides = {"spatial": spatial, "channel": channel, **base}
+        if args.match and (spatial, channel) != (reference, channels[0]):
+            if (preset, size) not in targets:
+                targets[preset, size] = reference_target(preset, reference, channels[0], args.match, base)
+            overrides |= match_overrides(preset, spatial, channel, args.match, targets[preset, size], base)
+        cfg = blocks.preset_config(preset, **overrides)
+        with torch.device("meta"):
+            check_memory(blocks.MetaFormer(cfg), args.device, ema=False)
+        configs.append((preset, spatial, channel, cfg))
+    return configs
 
 
 def profile(args: argparse.Namespace, log) -> dict:
@@ -54,6 +77,7 @@ def profile(args: argparse.Namespace, log) -> dict:
     presets = names(args.preset, blocks.PRESETS, "preset")
     check_match_to(args.match, args.match_to)
     device = pick_device(args.device)
+    configs = planned(args, presets, spatials, channels)  # every row checked before anything is timed
     if device.type == "cpu":
         torch.set_num_threads(args.threads or usable_cores())
         forkserver()  # started and done importing before anything is timed
@@ -61,19 +85,11 @@ def profile(args: argparse.Namespace, log) -> dict:
     peak = matmul_flops(device, precision)
     log(f"profile: {device}, {precision}, {torch.get_num_threads()} threads, warm matmul peak {peak / 1e9:.1f} "
         f"GFLOP/s, batch {args.batch_size}")
-    jobs = [(p, s, sp, ch) for p in presets for s in img_sizes(args.img_size) for sp in spatials for ch in channels]
-    rows, targets = [], {}
-    for preset, size, spatial, channel in tqdm(jobs, desc="profile", file=sys.stderr,
-                                               disable=args.json or not sys.stderr.isatty()):
-        base = dict(args.model_opt) | ({"img_size": size} if size else {})
-        overrides = {"spatial": spatial, "channel": channel, **base}
-        reference = args.match_to or spatials[0]
-        if args.match and (spatial, channel) != (reference, channels[0]):
-            if (preset, size) not in targets:
-                targets[preset, size] = reference_target(preset, reference, channels[0], args.match, base)
-            overrides |= match_overrides(preset, spatial, channel, args.match, targets[preset, size], base)
+    rows, reference = [], args.match_to or spatials[0]
+    for preset, spatial, channel, model_cfg in tqdm(configs, desc="profile", file=sys.stderr,
+                                                    disable=args.json or not sys.stderr.isatty()):
         torch.manual_seed(0)
-        model = blocks.create(preset, **overrides).to(device)
+        model = blocks.MetaFormer(model_cfg).to(device)
         cfg = model.cfg
         trainable, frozen = count_params(model)
         macs = count_macs(model, (cfg.in_chans, cfg.img_size, cfg.img_size))

@@ -11,12 +11,16 @@ from pathlib import Path
 
 import optuna
 
+from blocks.checks import shown
+
 from ..engines.report.build import build
 from ..engines.report.frame import load_study
+from ..engines.study.names import RULE, is_folder_name
 from ..foundations.errors import UsageError
 
 HELP = "plots and a markdown report from a study's storage"
 FORMATS = ("png", "svg", "pdf")
+CONTROL_CHARS = 200  # an axis and a level of an arm label; the messages that echo them stay short
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +42,7 @@ def parse_formats(text: str) -> list[str]:
     formats = [f.strip().lower() for f in text.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise UsageError(f"--format {text!r}: unknown format {', '.join(bad) or '(none given)'}; "
+        raise UsageError(f"--format {shown(text)}: unknown format {', '.join(bad) or '(none given)'}; "
                          f"valid: {', '.join(FORMATS)}")
     return list(dict.fromkeys(formats))
 
@@ -47,16 +51,27 @@ def parse_control(text: str | None) -> tuple[str, str] | None:
     if text is None:
         return None
     axis, sep, level = text.partition("=")
-    if not (sep and axis.strip() and level.strip()):
-        raise UsageError(f"--control {text!r}: expected AXIS=LEVEL, e.g. shuffle=none")
+    if not (sep and axis.strip() and level.strip()) or len(text) > CONTROL_CHARS:
+        raise UsageError(f"--control {shown(text)}: expected AXIS=LEVEL of at most {CONTROL_CHARS} characters, e.g. "
+                         f"shuffle=none")
     return axis.strip(), level.strip()
+
+
+def output_folder(args: argparse.Namespace) -> Path:
+    """-o, else reports/<study>: a study name from a storage becomes that folder's name only if it is a plain one."""
+    if args.out:
+        return Path(args.out)
+    if not is_folder_name(args.study):
+        raise UsageError(f"--study {args.study[:60]!r} cannot name the default output folder reports/NAME (NAME "
+                         f"must be {RULE}); give the folder with -o")
+    return Path("reports") / args.study
 
 
 def main(args: argparse.Namespace) -> int:
     formats, control = parse_formats(args.format), parse_control(args.control)
+    out = output_folder(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(args.storage, args.study)
-    out = Path(args.out or Path("reports") / args.study)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

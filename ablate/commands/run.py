@@ -1,6 +1,7 @@
 """`python -m ablate [run] --spatial S --channel C ...`: train one model and print its record."""
 import argparse
 import json
+import sys
 
 from ..engines.training.runs import run
 from ..foundations import distributed
@@ -11,7 +12,13 @@ add_arguments = add_run_args
 
 
 def main(args: argparse.Namespace) -> int:
-    record = run(run_config(args), resume=args.resume, quiet=args.json)
+    try:
+        record = run(run_config(args), resume=args.resume, quiet=args.json)
+    except KeyboardInterrupt:  # the run's record says "interrupted"; its last checkpoint is where it goes on
+        if distributed.context().main:  # under torchrun every rank gets the Ctrl-C
+            print("ablate run: interrupted; the same command with --resume continues the run from its last "
+                  "checkpoint", file=sys.stderr)
+        return 130
     if not distributed.context().main:  # under torchrun, rank 0 speaks for the job
         return 0
     if args.json:

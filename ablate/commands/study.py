@@ -42,6 +42,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     quiet_optuna()
+    try:
+        return start(args)
+    except KeyboardInterrupt:  # the running trials were failed on the way out, so their cells are free again
+        log(f"ablate study: interrupted; the same command resumes the study of {args.file}")
+        return 130
+
+
+def start(args: argparse.Namespace) -> int:
+    """The study of args.file: its progress (--status), or its workers launched until every cell is done."""
     exp = experiment.load(args.file)
     if args.status:
         return status(exp, args)
@@ -60,11 +69,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"[study].reuse: no run folders of study {', '.join(map(repr, missing))} under --out "
                          f"{args.out} (a reused run is looked up in <out>/<study>/); check the name and --out")
     board = open_study(exp, open_storage(args.storage, heartbeat=args.heartbeat))
-    try:
-        rc = launcher.launch(exp, board, args)
-    except KeyboardInterrupt:  # the running trials were failed on the way out, so their cells are free again
-        log(f"interrupted; the same command resumes study {exp.name!r}")
-        return 130
+    rc = launcher.launch(exp, board, args)
     doc = summarize(exp, board, args.storage)
     print(json.dumps(doc) if args.json else render(doc))
     return rc

@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 
 import blocks
+from blocks.checks import shown
 
 from ..foundations.config import MATCH_METRICS as METRICS
 from ..foundations.errors import UsageError
@@ -157,7 +158,7 @@ def check_match_to(metric: str | None, match_to: str | None) -> None:
     if match_to and not metric:
         raise UsageError("--match-to needs --match params|macs")
     if match_to and match_to not in blocks.SPATIAL:
-        raise UsageError(f"unknown --match-to {match_to!r}; valid: {', '.join(blocks.SPATIAL)}")
+        raise UsageError(f"unknown --match-to {shown(match_to)}; valid: {', '.join(blocks.SPATIAL)}")
 
 
 def run_overrides(preset: str, spatial: str, channel: str, metric: str | None, match_to: str | None,

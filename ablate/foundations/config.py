@@ -4,7 +4,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from blocks.checks import check_fields
+from blocks.checks import MAX_IMG_SIZE, above, check_fields, shown, whole
 
 from .errors import UsageError
 from .runtime import DEVICES, PRECISIONS
@@ -24,6 +24,15 @@ RECIPES = {  # each an option of RunConfig (or, under model_options, of the back
 }
 SHUFFLES = ("none", "patch", "global")  # MLP-Mixer Fig. 4: no shuffle, patches + pixels within, all pixels
 MATCH_METRICS = ("params", "macs")
+# numpy's global generator (timm's Mixup draws from it) takes seeds below 2**32, and rank r of a distributed job
+# seeds it with seed + 1_000_003 * r: seeds below 2**31 leave room for 2,147 ranks without wrapping onto another
+# seed's draws (every torch generator, seeded with up to seed * 1000 + epoch, takes any of them too)
+MAX_SEED = 2**31 - 1
+MAX_IMAGES = 2**31 - 1         # a training or validation split: the int32 range, more than any dataset holds
+MAX_BATCH = 2**24              # 16.8 M images: more than any dataset this toolkit trains on (ImageNet-21k: 14 M)
+MAX_EPOCHS = 10**6
+MAX_STEPS = 10**9              # 11 days at a millisecond a step
+MAX_EVALUATIONS = 10_000       # each rewrites the run record, whose history grows by one entry per evaluation
 
 
 @dataclass
@@ -85,15 +94,17 @@ class RunConfig:
 
 CHOICES = {"shuffle": SHUFFLES, "device": DEVICES, "precision": PRECISIONS, "match": MATCH_METRICS,
            "recipe": tuple(RECIPES)}
-RANGES = {
-    "lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
+AT_LEAST_0 = (lambda v: v >= 0), ">= 0"
+RANGES = {  # every number here must also be finite (blocks.checks)
+    "lr": above(0), "weight_decay": AT_LEAST_0,
     "warmup": (lambda v: 0 <= v < 1, "in [0, 1): a fraction of the run"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"), "epochs": (lambda v: v > 0, "> 0"),
-    "steps": (lambda v: v > 0, "> 0"), "batch_size": (lambda v: v > 0, "> 0"), "eval_every": (lambda v: v > 0, "> 0"),
-    "train_size": (lambda v: v > 0, "> 0"), "val_size": (lambda v: v >= 0, ">= 0"), "img_size": (lambda v: v > 0, "> 0"),
-    "mixup": (lambda v: v >= 0, ">= 0"), "cutmix": (lambda v: v >= 0, ">= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"), "epochs": whole(1, MAX_EPOCHS),
+    "steps": whole(1, MAX_STEPS), "batch_size": whole(1, MAX_BATCH), "eval_every": whole(1, MAX_STEPS),
+    "train_size": whole(1, MAX_IMAGES), "val_size": whole(0, MAX_IMAGES), "img_size": whole(1, MAX_IMG_SIZE),
+    "mixup": AT_LEAST_0, "cutmix": AT_LEAST_0,
     "random_erasing": (lambda v: 0 <= v <= 1, "in [0, 1]"), "ema": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    }
+    "seed": whole(0, MAX_SEED),
+}
 MODEL_RESERVED = ("spatial", "channel")  # run options of their own, not model_options
 
 
@@ -102,7 +113,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     and what its record and its key hold. Options set explicitly win; so do model_options over the recipe's."""
     recipe = RECIPES.get(cfg.recipe)
     if recipe is None:
-        raise UsageError(f"unknown recipe {cfg.recipe!r}; valid: {', '.join(RECIPES)}")
+        raise UsageError(f"unknown recipe {shown(cfg.recipe)}; valid: {', '.join(RECIPES)}")
     values = {k: v for k, v in recipe.items() if k != "model_options" and getattr(cfg, k) is None}
     if cfg.steps is not None:
         values.pop("epochs", None)
@@ -119,6 +130,23 @@ def check(cfg: RunConfig) -> None:
     if (resolved.mixup or resolved.cutmix) and resolved.batch_size % 2:
         raise UsageError(f"Mixup/CutMix pair each image with another of its batch: batch_size "
                          f"{resolved.batch_size} must be even")
+    if resolved.train_size is not None and resolved.batch_size > resolved.train_size:
+        raise UsageError(f"train_size {resolved.train_size} is smaller than one batch ({resolved.batch_size}); "
+                         f"lower batch_size")
+    check_evaluations(resolved)
     reserved = [k for k in cfg.model_options if k in MODEL_RESERVED]
     if reserved:
         raise UsageError(f"model_options may not set {', '.join(reserved)}: set them as run options or [arms] axes")
+
+
+def check_evaluations(cfg: RunConfig) -> None:
+    """A bounded number of evaluations (the trainer lists their steps before the first): every epoch, or ten a run
+    with a budget in steps, unless eval_every says otherwise."""
+    unit, size = cfg.budget
+    if unit == "steps" and cfg.eval_every is None:
+        return
+    evaluations = size // (cfg.eval_every or 1)
+    if evaluations > MAX_EVALUATIONS:
+        raise UsageError(f"{unit} = {size:,} with eval_every = {cfg.eval_every or 1:,} makes {evaluations:,} "
+                         f"evaluations; valid: at most {MAX_EVALUATIONS:,} (each rewrites the run record): raise "
+                         f"eval_every to {-(-size // MAX_EVALUATIONS):,} or more")

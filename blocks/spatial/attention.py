@@ -4,18 +4,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import FRACTION, MAX_WIDTH, whole
 from ..errors import ConfigError
-from .base import SpatialMixer
+from .base import TokenMixer
 
 
-class Attention(SpatialMixer):
+class Attention(TokenMixer):
     """Multi-head self-attention over all H*W tokens (fused SDPA, spelled out under CPU bf16: attend).
 
     `num_heads` wins over `head_dim` when given (ViT: 6 heads at 384); otherwise
     heads = dim // head_dim (MetaFormer/CAFormer: head_dim 32).
     """
 
-    reaches_prefix = True  # a class token is one more token to attend over
+    option_ranges = {"num_heads": whole(1, MAX_WIDTH), "head_dim": whole(1, MAX_WIDTH), "attn_drop": FRACTION,
+                     "proj_drop": FRACTION}
 
     @classmethod
     def width_step(cls, options: dict) -> int:
@@ -26,26 +28,26 @@ class Attention(SpatialMixer):
     def __init__(self, dim: int, grid: tuple[int, int], num_heads: int | None = None, head_dim: int = 32,
                  qkv_bias: bool = True, proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
-        self.num_heads = num_heads or max(dim // head_dim, 1)
+        self.num_heads = max(dim // head_dim, 1) if num_heads is None else num_heads
         if dim % self.num_heads:
-            raise ConfigError(f"attention: dim {dim} is not divisible by num_heads {self.num_heads}")
+            divisors = [str(k) for k in range(1, dim + 1) if dim % k == 0]
+            listed = ", ".join(divisors[:12]) + (", ..." if len(divisors) > 12 else "")
+            raise ConfigError(f"attention: dim {dim} is not divisible by num_heads {self.num_heads}"
+                              f"{'' if num_heads else f' (dim // head_dim {head_dim})'}; valid: num_heads that "
+                              f"divide the width, here {listed}")
         self.head_dim = dim // self.num_heads
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None):
-        """(B, H, W, C) -> (B, H, W, C); with class tokens (B, T, C) all T + HW tokens attend and both return."""
-        B, H, W, C = x.shape
-        tokens = x.reshape(B, H * W, C) if prefix is None else torch.cat([prefix, x.reshape(B, H * W, C)], dim=1)
-        N = tokens.shape[1]
+    def mix(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C): every token (class tokens too) attends to every token."""
+        B, N, C = tokens.shape
         qkv = self.qkv(tokens).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         out = self.attend(q, k, v)
-        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
-        grid = out[:, N - H * W:].reshape(B, H, W, C)
-        return grid if prefix is None else (grid, out[:, :N - H * W])
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) v, fused (SDPA) but under CPU bf16 autocast: there torch's SDPA kernel is 4x

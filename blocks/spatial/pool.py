@@ -1,6 +1,7 @@
 import torch
 import torch.nn.functional as F
 
+from ..checks import ODD_SIZE
 from .base import SpatialMixer
 
 
@@ -8,6 +9,7 @@ class Pooling(SpatialMixer):
     """PoolFormer: avgpool(x) - x (the block adds x back through the residual)."""
 
     uncounted_ops = frozenset({"aten::avg_pool2d"})  # a window of adds, no multiply-accumulates (PoolFormer's count)
+    option_ranges = {"pool_size": ODD_SIZE}
 
     def __init__(self, dim: int, grid: tuple[int, int], pool_size: int = 3):
         super().__init__()

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from blocks.checks import shown
+
 from ...foundations.errors import DataError
 from .cifar import load_cifar
 from .folder import load_folder
@@ -45,7 +47,7 @@ def lookup(name: str) -> tuple[DatasetEntry, str | None]:
     key, _, path = name.partition(":")
     entry = DATASETS.get(key)
     if entry is None or entry.takes_path != bool(path):
-        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(names())}")
+        raise DataError(f"unknown dataset {shown(name)}; valid: {', '.join(names())}")
     return entry, path or None
 
 
@@ -65,6 +67,21 @@ def check_img_size(name: str, img_size: int | None) -> DatasetEntry:
 def load(name: str, data_dir: str | None = None, download: bool = True, img_size: int | None = None):
     """The dataset `name`: a memory.Dataset, or for `imagefolder:<path>` a folder.FolderDataset read from disk."""
     entry = check_img_size(name, img_size)
-    if entry.takes_path:
-        return entry.load(lookup(name)[1], img_size)
-    return entry.load(data_dir, download)
+    ds = entry.load(lookup(name)[1], img_size) if entry.takes_path else entry.load(data_dir, download)
+    check_loaded(name, entry, ds)
+    return ds
+
+
+def check_loaded(name: str, entry: DatasetEntry, ds) -> None:
+    """What a loader returned is what its entry declares (the model was planned for that shape and those classes),
+    with every label one of the classes: a wrong one would fail inside the loss, or train on a class never scored."""
+    if entry.shape is not None and tuple(ds.shape) != entry.shape:
+        raise DataError(f"{name}: the loaded images have shape {tuple(ds.shape)}, not the {entry.shape} its "
+                        f"registry entry declares")
+    if entry.num_classes is not None and ds.num_classes != entry.num_classes:
+        raise DataError(f"{name}: the loaded data has {ds.num_classes} classes, not the {entry.num_classes} its "
+                        f"registry entry declares")
+    for split, labels in (("train", ds.train_y), ("test", ds.test_y)):
+        if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < ds.num_classes):
+            raise DataError(f"{name}: {split} labels run from {int(labels.min())} to {int(labels.max())}, outside "
+                            f"the {ds.num_classes} classes 0..{ds.num_classes - 1}")

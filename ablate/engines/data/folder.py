@@ -6,6 +6,7 @@ A torch DataLoader's worker processes read each image, convert it to RGB and res
 augmentation and normalisation there as in-memory datasets (transforms.Transform). Only file names and labels
 are held.
 """
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Sampler
 from torchvision import datasets as tv
 from torchvision.transforms.v2 import functional as TF
+
+from blocks.checks import MAX_IMG_SIZE
 
 from ...foundations import distributed
 from ...foundations.errors import DataError
@@ -30,13 +33,27 @@ def default_workers() -> int:
     return max(1, min(MAX_WORKERS, usable_cores() // distributed.context().local_world))
 
 
+def open_image(path: str) -> Image.Image:
+    """The image at `path`, its header read; a file that is not a readable image of at most PIL's pixel limit
+    (Image.MAX_IMAGE_PIXELS, 89 M: PIL only warns up to twice that, and decoding it takes gigabytes in each loader
+    process) is a DataError naming it."""
+    if not Path(path).is_file():  # a pipe or a device named like an image would block or never end
+        raise DataError(f"imagefolder: {path} is not a regular file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"imagefolder: cannot read {path}: {e}") from None  # "cannot identify image" is an OSError
+
+
 def read_image(path: str, size: int) -> torch.Tensor:
     """(3, size, size) uint8: RGB, shorter side resized to `size` (antialiased), centre-cropped to a square."""
-    try:
-        with Image.open(path) as img:
+    with open_image(path) as img:
+        try:
             x = TF.pil_to_tensor(img.convert("RGB"))
-    except (OSError, ValueError) as e:  # PIL's "cannot identify image file" is an OSError
-        raise DataError(f"imagefolder: cannot read {path}: {e}") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # decoding: a truncated file, a bomb
+            raise DataError(f"imagefolder: cannot read {path}: {e}") from None
     if tuple(x.shape[1:]) != (size, size):
         x = TF.center_crop(TF.resize(x, size, antialias=True), [size, size])
     return x
@@ -120,13 +137,13 @@ def load_folder(root: Path, img_size: int | None = None) -> FolderDataset:
                         f"{test.classes}")
     if img_size is None:
         first = train.samples[0][0]
-        try:
-            with Image.open(first) as img:  # reads the header only
-                img_size = min(img.size)
-        except OSError as e:
-            raise DataError(f"imagefolder: cannot read {first}: {e}") from None
-    elif img_size <= 0:
-        raise DataError(f"--img-size must be positive, got {img_size}")
+        with open_image(first) as img:  # reads the header only
+            img_size = min(img.size)
+        if not 1 <= img_size <= MAX_IMG_SIZE:
+            raise DataError(f"imagefolder: the first training image, {first}, is {img_size} px on its shorter side; "
+                            f"valid: images from 1 to {MAX_IMG_SIZE:,} px, or pass --img-size to resize them")
+    elif not 1 <= img_size <= MAX_IMG_SIZE:
+        raise DataError(f"--img-size {img_size} is out of range; valid: from 1 to {MAX_IMG_SIZE:,}")
     return FolderDataset(f"imagefolder:{root}", FolderSplit(train.samples, train.classes, img_size),
                          FolderSplit(test.samples, test.classes, img_size), num_classes=len(train.classes))
 

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 import torch
 
+from blocks.checks import shown
+
 from ...foundations.config import SHUFFLES
 from ...foundations.errors import DataError
 
@@ -15,7 +17,7 @@ def pixel_permutation(mode: str, height: int, width: int, patch: int, seed: int)
     global: one permutation of all pixels. out.flatten(-2) = img.flatten(-2)[..., perm].
     """
     if mode not in SHUFFLES:
-        raise DataError(f"unknown shuffle {mode!r}; valid: {', '.join(SHUFFLES)}")
+        raise DataError(f"unknown shuffle {shown(mode)}; valid: {', '.join(SHUFFLES)}")
     if mode == "none":
         return None
     g = torch.Generator().manual_seed(seed)

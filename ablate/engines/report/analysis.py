@@ -60,6 +60,7 @@ def analyse(study: optuna.Study, storage: str, control: tuple[str, str] | None =
         "objectives": objective_names(study), "directions": [d.name.lower() for d in study.directions],
         "n_trials": len(frame), "trials": frame.state.value_counts().sort_index().to_dict(),
         "lost_claims": int(lost.sum()), "interrupted": int(interrupted.sum()),
+        "failed_runs": failed_runs(frame[fail & diverged]),
         "phases": frame.phase.dropna().value_counts().sort_index().to_dict(),
         "n_final": len(final), "axes": keys, "seeds": unique(final, "seed"), "budget": budget(frame, final),
         "arms": arm_table(final, keys, failed), "power_law": [], "shuffle": [], "tuning": [], "two_value_grids": [],
@@ -102,6 +103,14 @@ def errored(frame: pd.DataFrame) -> pd.Series:
     """Trials whose run diverged or ended with a non-finite metric (a result, not run again), not those of a killed
     or crashed worker (run again)."""
     return frame.error.notna() if "error" in frame else pd.Series(False, index=frame.index)
+
+
+def failed_runs(failed: pd.DataFrame) -> list[dict]:
+    """Each trial whose run diverged (or ended with a non-finite metric), with its error: a result, as the arm and
+    tuning tables count it."""
+    return [{"number": int(r["number"]), "arm": r["arm_label"], "phase": None if pd.isna(r["phase"]) else r["phase"],
+             "seed": None if pd.isna(r["seed"]) else int(r["seed"]), "error": str(r["error"])}
+            for _, r in failed.iterrows()]
 
 
 def chosen_on(study: optuna.Study) -> str:

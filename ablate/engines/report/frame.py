@@ -18,7 +18,7 @@ def load_study(url: str, name: str) -> optuna.Study:
     try:
         names = optuna.get_all_study_names(storage)
     except (SQLAlchemyError, OSError) as e:
-        raise UsageError(f"cannot read storage {masked(url)}: {first_line(e)}") from None
+        raise UsageError(f"cannot read storage {masked(url)}: {first_line(e, url)}") from None
     if name not in names:
         raise UsageError(f"no study {name!r} in {masked(url)}; studies there: {', '.join(sorted(names)) or 'none'}")
     return optuna.load_study(study_name=name, storage=storage)
@@ -51,8 +51,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
              **{f"params_{k}": v for k, v in t.params.items()},
              **{k: v for k, v in t.user_attrs.items() if k != "record"}} for t in trials]
     records = [{k: v for k, v in (t.user_attrs.get("record") or {}).items() if k != "history"} for t in trials]
-    # one record at a time: normalizing them together would turn whole numbers into floats wherever a record lacks them
-    rows = [{**row, **pd.json_normalize(rec).to_dict("records")[0]} if rec else row for row, rec in zip(rows, records)]
+    rows = [with_record(row, rec) for row, rec in zip(rows, records)]
     histories = [(t.user_attrs.get("record") or {}).get("history") or [] for t in trials]
     frame = pd.DataFrame([{**row, "history": h} for row, h in zip(rows, histories)],
                          columns=None if rows else ["number", "state", "history"])
@@ -64,6 +63,16 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             frame[column] = frame[column].astype("Int64")
     return frame
+
+
+def with_record(row: dict, record: dict) -> dict:
+    """A trial's row with its run record flattened after it. The trial's own attributes win: a diverged trial's
+    `error` over the `error: None` of the record its last evaluation saved."""
+    if not record:
+        return row
+    # one record at a time: normalizing them together would turn whole numbers into floats wherever a record lacks them
+    flat = pd.json_normalize(record).to_dict("records")[0]
+    return {**row, **{k: v for k, v in flat.items() if k not in row}}
 
 
 def in_final(frame: pd.DataFrame) -> pd.Series:

@@ -71,6 +71,8 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
     ) if n]
     if not_results:
         states += f"; failed includes {' and '.join(not_results)}, not results"
+    if s["failed_runs"]:
+        states += f"; failed includes {len(s['failed_runs'])} diverged run(s), results: see Failed runs"
     phases = ", ".join(f"{n} {phase}" for phase, n in s["phases"].items())
     parts = [
         f"# Study `{s['study']}`" + (f"\n\n> {s['label']}" if s.get("label") else ""),
@@ -96,6 +98,8 @@ def write_markdown(path: Path, summary: dict, figs: Figures, study: optuna.Study
                           + [a["failed"]] * failed for a in s["arms"]]))
     else:
         parts.append("## Arms\nNo complete final trials yet.")
+    if s["failed_runs"]:
+        parts.append(failed_section(s["failed_runs"]))
     if s["convergence"]:
         parts.append(convergence_section(s["convergence"]))
     if s["pairwise"]:
@@ -239,6 +243,14 @@ def tuning_section(s: dict) -> str:
     if s["importance_note"]:
         text += f"\n\nNo importance figure: {s['importance_note']}."
     return text
+
+
+def failed_section(rows: list[dict]) -> str:
+    return ("## Failed runs\nRuns that diverged or ended with a non-finite metric: results, not run again (final "
+            "ones are the arm table's `failed`).\n\n" + markdown_table(
+                ["trial", "arm", "phase", "seed", "error"],
+                [[r["number"], r["arm"], r["phase"] or "—", "—" if r["seed"] is None else r["seed"],
+                  " ".join(r["error"].split()).replace("|", "\\|")] for r in rows]))
 
 
 def convergence_section(rows: list[dict]) -> str:

@@ -28,7 +28,8 @@ def open_study(exp: Experiment, storage: BaseStorage) -> Board:
         study = optuna.create_study(study_name=exp.name, storage=storage, directions=exp.directions,
                                     load_if_exists=True)
     except sqlalchemy.exc.SQLAlchemyError as e:
-        raise UsageError(f"storage error: {first_line(getattr(e, 'orig', None) or e)}") from None
+        reason = first_line(getattr(e, "orig", None) or e, str(getattr(storage, "url", "")))  # RDB storages keep it
+        raise UsageError(f"storage error: {reason}") from None
     if study.user_attrs.get("experiment") is None:
         study.set_user_attr("experiment", stored_fingerprint(exp))
     check_same_experiment(exp, study)

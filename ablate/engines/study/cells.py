@@ -1,5 +1,6 @@
 """The cells of a study: one run each, (arm, final, seed) for every arm and seed plus (arm, tune, k) for the
 tuning budget. Pure functions of the experiment and the trials read from the storage; no writes."""
+import hashlib
 import re
 import zlib
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from .experiment import Arm, Experiment
 
 LIVE = (TrialState.RUNNING,)
+MAX_FOLDER_BYTES = 120  # an arm's folder name; file systems allow 255, and long model_options make long labels
 
 
 @dataclass
@@ -24,7 +26,17 @@ class Cell:
     @property
     def folder(self) -> str:
         kind = f"tune-{self.id.rsplit('|', 1)[1]}" if self.phase == "tune" else f"final-seed{self.seed}"
-        return re.sub(r"[^\w.,=+-]", "_", self.arm.label) + "/" + kind
+        return arm_folder(self.arm.label) + "/" + kind
+
+
+def arm_folder(label: str) -> str:
+    """An arm's folder name: its label with anything but word characters and `.,=+-` made `_` (one name, never `.`
+    or `..`: a label is `base` or holds `=`); a long one cut short and told apart by a hash of the whole label."""
+    name = re.sub(r"[^\w.,=+-]", "_", label)
+    if len(name.encode()) <= MAX_FOLDER_BYTES:
+        return name
+    digest = hashlib.sha1(label.encode()).hexdigest()[:12]
+    return name.encode()[:MAX_FOLDER_BYTES - 13].decode(errors="ignore") + "-" + digest
 
 
 def cell_state(trials: list[FrozenTrial]) -> str:
@@ -46,7 +58,7 @@ def by_cell(trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
 
 
 def total_cells(exp: Experiment) -> int:
-    return len(exp.arms) * (exp.trials_per_arm + len(exp.seeds))
+    return exp.arm_count * (exp.trials_per_arm + len(exp.seeds))
 
 
 def plan(exp: Experiment, cells: dict[str, list[FrozenTrial]]) -> list[Cell]:

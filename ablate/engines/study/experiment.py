@@ -4,6 +4,7 @@ import dataclasses
 import inspect
 import itertools
 import json
+import math
 import tomllib
 import types
 import typing
@@ -14,13 +15,14 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 import blocks
-from blocks.checks import conforms, describe
+from blocks.checks import check_values, conforms, describe, shown
 
-from ...foundations.config import SHUFFLES, RunConfig
+from ...foundations.config import RANGES, SHUFFLES, RunConfig
 from ...foundations.errors import UsageError
 from ...foundations.runtime import DEVICES
 from .. import data
-from ..training.plan import check
+from .arms import check_arms, check_size
+from .names import check_name
 
 # Run-record keys a study can optimize, with the direction that means "better".
 METRICS = {"val_acc": "maximize", "val_loss": "minimize", "params": "minimize", "macs": "minimize",
@@ -63,6 +65,11 @@ class Experiment:
     axes: dict                     # axis -> list of values (tables for a linked axis); every combination is an arm
     search: dict = field(default_factory=dict)  # field -> optuna distribution, tuned per arm
     reuse: list[str] = field(default_factory=list)  # studies under the same --out whose identical runs are taken
+
+    @property
+    def arm_count(self) -> int:
+        """How many arms the axes make, counted without listing them."""
+        return math.prod(len(values) for values in self.axes.values())
 
     @property
     def arms(self) -> list[Arm]:
@@ -137,27 +144,36 @@ def parse(doc: dict, path: Path) -> Experiment:
     unknown_keys("", doc, SECTIONS)
     study, run, axes, search = (section(doc, name) for name in SECTIONS)
     unknown_keys("[study]", study, STUDY_KEYS)
-    name = typed("[study].name", study.get("name", path.stem), str)
+    name = study_name(study, path)
     metrics, directions = objectives(study)
     sampler = choice("[study].sampler", typed("[study].sampler", study.get("sampler", "tpe" if search else "grid"),
                                               str), SAMPLERS)
     pruner = choice("[study].pruner", typed("[study].pruner", study.get("pruner", "none"), str), PRUNERS)
     seeds = as_list("[study].seeds", study.get("seeds", [0]), int)
     if not seeds or len(set(seeds)) != len(seeds):
-        raise UsageError(f"[study].seeds must list distinct whole numbers, got {seeds}")
+        raise UsageError(f"[study].seeds must list distinct whole numbers, got {shown(seeds)}")
+    for seed in seeds:  # each becomes a run's seed: refused here, before a worker creates its trial
+        check_values({"seed": seed}, {"seed": int}, RANGES, {}, UsageError, "[study].seeds: ")
     trials_per_arm = typed("[study].trials_per_arm", study.get("trials_per_arm", 0), int)
-    reuse = as_list("[study].reuse", study.get("reuse", []), str)
+    reuse = [check_name("[study].reuse", n) for n in as_list("[study].reuse", study.get("reuse", []), str)]
     if name in reuse or len(set(reuse)) != len(reuse):
-        raise UsageError(f"[study].reuse must list other studies, each once, got {reuse} in study {name!r}")
+        raise UsageError(f"[study].reuse must list other studies, each once, got {shown(reuse)} in study {shown(name)}")
     run, axes, search = run_options(run, axes, search)
     exp = Experiment(path, name, metrics, directions, sampler,
                      options("[study].sampler_options", study.get("sampler_options", {}), SAMPLERS[sampler]),
                      pruner, options("[study].pruner_options", study.get("pruner_options", {}), PRUNERS[pruner]),
                      trials_per_arm, seeds, run, axes, search, reuse)
     check_tuning(exp)
-    for arm in exp.arms:
-        check_arm({**run, **arm.axes}, exp.metrics)
+    check_size(exp.axes, exp.trials_per_arm, len(exp.seeds))
+    check_arms(run, exp.arms, next((m for m in exp.metrics if m in EPOCH_METRICS), None))
     return exp
+
+
+def study_name(study: dict, path: Path) -> str:
+    """[study].name, or the file's name without .toml: the study's folder under --out, so a plain folder name."""
+    if "name" in study:
+        return check_name("[study].name", typed("[study].name", study["name"], str))
+    return check_name("[study].name", path.stem, f" (from the file name {path.name}; set [study].name)")
 
 
 def objectives(study: dict) -> tuple[list[str], list[str]]:
@@ -165,7 +181,7 @@ def objectives(study: dict) -> tuple[list[str], list[str]]:
     metrics = as_list("[study].metric", study.get("metric", "val_acc"), str)
     for m in metrics:
         if m in TEST_METRICS:
-            raise UsageError(f"[study].metric = {m!r} would choose on the test set (samplers, pruners and the best "
+            raise UsageError(f"[study].metric = {shown(m)} would choose on the test set (samplers, pruners and the best "
                              f"arm follow the objective); use {m.replace('test', 'val')}, measured on the validation "
                              f"split. Every run still records {m}, and the report shows it")
         choice("[study].metric", m, METRICS)
@@ -205,7 +221,7 @@ def check_tuning(exp: Experiment) -> None:
             if not isinstance(dist, CategoricalDistribution):
                 raise UsageError(f"[search].{key}: sampler \"grid\" needs choices = [...]; "
                                  f"use sampler = \"tpe\" or \"random\" for a range")
-        size = len(exp.grid)
+        size = math.prod(len(d.choices) for d in exp.search.values())  # counted: a huge grid is refused, not listed
         if exp.trials_per_arm not in (0, size):
             raise UsageError(f"[study].trials_per_arm is {exp.trials_per_arm}, but the [search] grid has {size} "
                              f"points; leave it out or set it to {size}")
@@ -234,15 +250,27 @@ def axis(key: str, values) -> list:
     """An [arms] axis: values of one run option, or tables that set several together (a linked axis, e.g.
     data = [{ train_size = 1000, epochs = 40 }, { train_size = 60000, epochs = 1 }])."""
     values = as_list(f"[arms].{key}", values, object)
-    if not values or len({fmt(v) for v in values}) != len(values):
-        raise UsageError(f"[arms].{key} must list distinct values, got {values}")
+    if not values:
+        raise UsageError(f"[arms].{key} is empty: list at least one value")
     if key in RUN_FIELDS:
-        return [run_value(f"[arms].{key}", key, v) for v in values]
+        return distinct(key, values, [run_value(f"[arms].{key}", key, v) for v in values])
     if not all(isinstance(v, dict) and v for v in values):
         check_field(f"[arms].{key}", key)  # neither a run option nor a linked axis: name the valid options
-    if len({tuple(v) for v in values}) != 1:
+    if len({frozenset(v) for v in values}) != 1:
         raise UsageError(f"[arms].{key}: every table of a linked axis must set the same options, got {values}")
-    return [{name: run_value(f"[arms].{key}.{name}", name, v) for name, v in table.items()} for table in values]
+    return distinct(key, values, [{name: run_value(f"[arms].{key}.{name}", name, v) for name, v in table.items()}
+                                  for table in values])
+
+
+def distinct(key: str, given: list, values: list) -> list:
+    """An axis's values, each once as the run reads it (lr = 1 and lr = 1.0 are one arm run twice)."""
+    seen: dict[str, int] = {}
+    for i, value in enumerate(values):
+        first = seen.setdefault(fmt(value), i)
+        if first != i:
+            raise UsageError(f"[arms].{key} lists the same value twice: {shown(given[first])} and {shown(given[i])} are both "
+                             f"{fmt(value)}, so their arms would be the same run; keep one")
+    return values
 
 
 def section(doc: dict, name: str) -> dict:
@@ -262,7 +290,7 @@ def unknown_keys(where: str, table: dict, valid) -> None:
 def typed(key: str, value, *kinds):
     """`value` if it is one of `kinds` (blocks.checks's rules: TOML true is not a number), else a UsageError."""
     if kinds != (object,) and not any(conforms(value, k) for k in kinds):
-        raise UsageError(f"{key} must be {' or '.join(describe(k) for k in kinds)}, got {value!r}")
+        raise UsageError(f"{key} must be {' or '.join(describe(k) for k in kinds)}, got {shown(value)}")
     return float(value) if kinds == (float,) else value
 
 
@@ -273,14 +301,14 @@ def as_list(key: str, value, kind) -> list:
 
 def choice(key: str, value, valid):
     if value not in valid:
-        raise UsageError(f"{key} = {value!r} is not one of: {', '.join(valid)}")
+        raise UsageError(f"{key} = {shown(value)} is not one of: {', '.join(valid)}")
     return value
 
 
 def options(key: str, value, cls) -> dict:
     """Keyword arguments for an optuna sampler or pruner class, checked against its signature."""
     if not isinstance(value, dict):
-        raise UsageError(f"{key} must be a table, got {value!r}")
+        raise UsageError(f"{key} must be a table, got {shown(value)}")
     if cls is None and value:
         raise UsageError(f"{key}: this choice takes no options")
     params = {} if cls is None else {k: p for k, p in inspect.signature(cls).parameters.items() if k != "seed"}
@@ -301,7 +329,7 @@ def field_kinds(name: str) -> tuple:
 def check_field(key: str, name: str) -> None:
     if name not in RUN_FIELDS:
         hint = " (set by [study].seeds)" if name == "seed" else " (set by `study --out`)" if name == "out" else ""
-        raise UsageError(f"{key}: unknown run option {name!r}{hint}; valid: {', '.join(RUN_FIELDS)}")
+        raise UsageError(f"{key}: unknown run option {shown(name)}{hint}; valid: {', '.join(RUN_FIELDS)}")
 
 
 def run_value(key: str, name: str, value):
@@ -317,7 +345,7 @@ def run_value(key: str, name: str, value):
         try:
             data.lookup(value)
         except UsageError:
-            raise UsageError(f"{key} = {value!r} is not one of: {', '.join(data.names())}") from None
+            raise UsageError(f"{key} = {shown(value)} is not one of: {', '.join(data.names())}") from None
     return value
 
 
@@ -325,7 +353,7 @@ def distribution(key: str, name: str, spec) -> BaseDistribution:
     """A [search] entry: {low, high[, log][, step]} for numbers, or {choices = [...]}."""
     if not isinstance(spec, dict):
         raise UsageError(f"{key} must be a table such as {{ low = 1e-4, high = 1e-2, log = true }} "
-                         f"or {{ choices = [...] }}, got {spec!r}")
+                         f"or {{ choices = [...] }}, got {shown(spec)}")
     check_field(key, name)
     if "choices" in spec:
         unknown_keys(key, spec, ("choices",))
@@ -350,14 +378,3 @@ def distribution(key: str, name: str, spec) -> BaseDistribution:
         return FloatDistribution(low, high, log=log, step=step)
     except ValueError as e:
         raise UsageError(f"{key}: {e}") from None
-
-
-def check_arm(values: dict, metrics: list[str]) -> None:
-    """One arm's run config, checked as `run` checks it (training.plan.check) before any cell runs; a validation
-    metric needs a validation split."""
-    cfg = RunConfig(**values)
-    check(cfg)
-    validation = [m for m in metrics if m in EPOCH_METRICS]
-    if validation and not data.val_size(cfg.dataset, cfg.val_size):
-        raise UsageError(f"[study].metric {validation[0]} needs a validation split, and {cfg.dataset} runs have none "
-                         f"by default: set [run].val_size")

@@ -94,6 +94,8 @@ def worker_process(file: str, url: str, out: str, heartbeat: int, index: int, co
     except ConfigError as e:  # UsageError too
         log(f"ablate study: error: {e}")
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker of the terminal: the parent says how to resume, once
+        sys.exit(130)
 
 
 LAUNCHERS: dict[str, Launcher] = {

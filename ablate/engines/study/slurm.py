@@ -23,6 +23,8 @@ import submitit
 from submitit.core.utils import FailedJobError
 from tqdm import tqdm
 
+from blocks.checks import shown
+
 from ...foundations.errors import UsageError
 from ...foundations.parsing import whole_number
 from ...foundations.storage import journal_path, masked, open_storage
@@ -39,10 +41,10 @@ def slurm_option(text: str) -> tuple[str, str]:
     """--slurm-opt KEY=VALUE: an sbatch option without its dashes; an empty VALUE is a bare flag (exclusive=)."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (an sbatch option without its dashes, e.g. "
-                                         f"account=proj or constraint=a100), got {text!r}")
+                                         f"account=proj or constraint=a100), got {shown(text)}")
     key, value = text.split("=", 1)
     if not key.strip().lstrip("-"):
-        raise argparse.ArgumentTypeError(f"no option name before '=' in {text!r}")
+        raise argparse.ArgumentTypeError(f"no option name before '=' in {shown(text)}")
     return key.strip().lstrip("-"), value
 
 

@@ -238,7 +238,7 @@ def finished_run(cfg: RunConfig, studies: list[Path] = ()) -> FinishedRun | None
             doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if doc.get("status") == "done" and runs.is_run_of(doc, run):
+        if runs.is_run_of(doc, run) and doc["status"] == "done":  # is_run_of first: a record may be any JSON
             log(f"reusing the finished run {path.parent}")
             return FinishedRun(path.parent, doc, study)
     return None

@@ -37,11 +37,14 @@ def check(cfg: RunConfig) -> ModelPlan | None:
 
 def plan_model(cfg: RunConfig, shape: tuple[int, int, int], num_classes: int) -> ModelPlan:
     """The backbone for data of `shape` (C, H, W): the dataset sets in_chans, img_size and num_classes, a user's
-    model_options win (a token-MLP built for another size is then caught here), and --match resizes it."""
+    model_options win where they can (img_size, for a model that runs on any grid; a token-MLP built for another
+    size is caught here), and --match resizes it."""
     c, h, w = shape
     if h != w:
         raise UsageError(f"{cfg.dataset} images are {h}x{w}; the backbone needs square images")
     base = {"in_chans": c, "img_size": h, "num_classes": num_classes, **cfg.model_options}
+    check_fits_data(cfg.dataset, blocks.preset_config(cfg.preset, spatial=cfg.spatial, channel=cfg.channel, **base),
+                    shape, num_classes)
     resized, matched = matching.run_overrides(cfg.preset, cfg.spatial, cfg.channel, cfg.match, cfg.match_to, base)
     model_cfg = blocks.preset_config(cfg.preset, spatial=cfg.spatial, channel=cfg.channel, **{**base, **resized})
     with torch.device("meta"):  # shapes only: no memory, no initialisation
@@ -50,6 +53,24 @@ def plan_model(cfg: RunConfig, shape: tuple[int, int, int], num_classes: int) ->
             model.check_grid(tuple(model.stem(torch.zeros(1, c, h, w)).shape[1:3]))
     check_memory(model, cfg.device, ema=cfg.ema > 0)
     return ModelPlan(model_cfg, matched)
+
+
+def check_fits_data(dataset: str, model: blocks.MetaFormerConfig, shape: tuple[int, int, int],
+                    num_classes: int) -> None:
+    """The model's input channels and classes are the dataset's (a model option that says otherwise fails in the
+    first batch, or trains outputs for classes that are not there); num_classes = 0 (timm's features-only model)
+    has no classifier to train; a patch stem must not drop pixels of images of another size than it was built for."""
+    c, h, _ = shape
+    for name, value, what in (("in_chans", c, "image channels"), ("num_classes", num_classes, "classes")):
+        given = getattr(model, name)
+        if given != value:
+            why = ("builds a model without a classifier (features only), which cannot be trained" if not given
+                   else f"does not fit {dataset}")
+            raise UsageError(f"model option {name} = {given} {why}; valid: {value}, as {dataset} has {value} {what} "
+                             f"(leave {name} out: it is set from the dataset)")
+    if model.stem == "patch" and h % model.patch_size:
+        raise UsageError(f"the patch stem (patch_size {model.patch_size}) does not divide {dataset}'s {h} px images "
+                         f"and would drop pixels; valid: a patch_size that divides {h}")
 
 
 def check_memory(model: torch.nn.Module, device: str, ema: bool) -> None:

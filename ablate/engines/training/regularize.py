@@ -33,16 +33,24 @@ def seed_host_rngs(seed: int) -> None:
     """timm's Mixup draws from numpy's global generator and RandomErasing from Python's: seeded per run, and saved
     in checkpoints (host_rng_state) so that a resumed run draws what the uninterrupted one would."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)  # RunConfig's seed range keeps seed + rank offsets below 2**32
 
 
 def host_rng_state() -> dict:
-    return {"python_rng": random.getstate(), "numpy_rng": np.random.get_state()}
+    """Both states as ints, floats, strings, tuples and lists: what torch.load(weights_only=True) reads back (numpy's
+    own form holds an ndarray, which it refuses)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python_rng": random.getstate(),
+            "numpy_rng": {"bit_generator": name, "key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                          "gauss": float(gauss)}}
 
 
 def set_host_rng_state(state: dict) -> None:
+    """host_rng_state()'s states back; a malformed one raises TypeError, ValueError or KeyError."""
     random.setstate(state["python_rng"])
-    np.random.set_state(state["numpy_rng"])
+    numpy = state["numpy_rng"]
+    np.random.set_state((numpy["bit_generator"], np.asarray(numpy["key"], dtype=np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["gauss"]))
 
 
 def make_ema(cfg: RunConfig, model: torch.nn.Module) -> ModelEmaV3 | None:

@@ -1,5 +1,6 @@
 """The training loop: one model, one dataset, AdamW + warm-up/cosine, and at every evaluation point (every k
 epochs, or k steps) an evaluation, a checkpoint and the run record."""
+import contextlib
 import dataclasses
 import math
 import sys
@@ -13,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import blocks
+from blocks.errors import ConfigError
 
 from ... import __version__
 from ...foundations import distributed
@@ -101,6 +103,7 @@ class Trainer:
             train_forward = torch.compile(ddp) if cfg.compile else ddp
         self.step = Step(train_forward, self.optimizer, self.device, self.precision, self.regularize.label_smoothing)
         self.history: list[dict] = []
+        self.saved = 0  # entries of the history in the last saved checkpoint
         self.done_steps = 0
         self.train_time = 0.0
         self.train_images = 0
@@ -125,15 +128,31 @@ class Trainer:
                 "train_images": self.train_images, **rng,
                 "rank_rng": distributed.gather(rng) if self.dist.active else None}
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, state: dict, path: Path) -> None:
+        """Continues from the checkpoint `path`, whose structure runs.read_checkpoint checked; one that does not fit
+        this run (another model's weights, optimizer or schedule) is bad input that names the file."""
         # a checkpoint from before the option: where it trained (its CUDA random state) says which precision
         trained_in = state.get("precision") or precision_before_option("cuda" if state.get("cuda_rng") is not None
                                                                          else "cpu")
         if trained_in != self.precision:
             raise UsageError(f"the checkpoint was trained in {trained_in} and this process would go on in "
                              f"{self.precision}: resume with --precision {trained_in}")
+        if not 0 <= state["steps"] <= self.total_steps:
+            raise unusable_checkpoint(path, f"it stopped at step {state['steps']}, and this run has "
+                                            f"{self.total_steps} steps")
+        # the schedule is a function of the config: a checkpoint of this config holds the same fields
+        if type_map(state["scheduler"]) != type_map(self.scheduler.state_dict()):
+            raise unusable_checkpoint(path, "its 'scheduler' is not the state of this run's learning-rate schedule")
+        try:
+            self.restore(state)
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:  # what load_state_dict & co raise
+            raise unusable_checkpoint(path, f"it does not fit this run ({one_line(e)})") from None
+        self.saved = len(self.history)
+
+    def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        check_optimizer_state(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema:
             self.ema.load_state_dict(state["ema"])
@@ -237,54 +256,112 @@ class Trainer:
         epochs) or the step (in steps): studies report to optuna's pruners there. Under torchrun every rank calls
         this with rank 0's run_dir and state; only rank 0 writes files there.
         """
-        ckpt = run_dir / "checkpoint.pt"
-        if state is not None:
-            self.load_state(state)
+        if state is not None:  # before anything is written: a checkpoint that does not fit leaves the folder as it is
+            self.load_state(state, run_dir / "checkpoint.pt")
             self.log(f"resuming {run_dir} after {self.where(self.done_steps)}")
-        try:
-            for point in [p for p in self.eval_points if p > self.done_steps]:
-                t0 = time.perf_counter()
-                previous = self.where(self.done_steps)
-                train_loss = self.train_until(point)
-                val_acc, val_loss, _ = self.evaluate(self.val_batches) if self.val_batches else (None, None, None)
-                looks_at_test = self.cfg.test_each_eval or not self.val_batches or point == self.total_steps
-                test_acc, test_loss, rate = self.evaluate(self.test_batches) if looks_at_test else (None, None, None)
-                self.infer_img_s = rate or self.infer_img_s
-                if self.device.type == "cuda":  # the allocator's peak on the busiest GPU
-                    peak = distributed.maximum(torch.cuda.max_memory_allocated(self.device) / 2**20, self.device)
-                    self.peak_mem_mb = round(peak, 1)
-                epoch = point // self.steps_per_epoch if self.cfg.steps is None else round(point / self.epoch_steps, 3)
-                self.history.append({"epoch": epoch, "step": point, "train_loss": round(train_loss, 5),
-                                     "val_acc": val_acc, "val_loss": val_loss and round(val_loss, 5),
-                                     "test_acc": test_acc, "test_loss": test_loss and round(test_loss, 5),
-                                     "lr": self.optimizer.param_groups[0]["lr"],
-                                     "time_s": round(time.perf_counter() - t0, 2)})
-                doc = self.record(run_dir, "running" if point < self.total_steps else "done")
-                state, error = self.state(), None
-                if self.dist.main:
-                    try:  # atomic: a kill or a full disk mid-write leaves the previous checkpoint and record intact
-                        save_torch(ckpt, state)
-                        write_json(run_dir / "record.json", doc)
-                    except OSError as e:
-                        error = (f"cannot save {self.where(point)} in {run_dir}: {e.strerror or e}; the files of "
-                                 f"{previous} are intact, free space and rerun with --resume")
-                error = distributed.broadcast(error)  # all ranks stop when rank 0 could not save
-                if error:
-                    raise RunFailed(error)
-                self.log(f"{self.where(point)}/{self.cfg.budget[1]}  train_loss {train_loss:.4f}  "
-                         + (f"val_acc {val_acc:.4f}  " if val_acc is not None else "")
-                         + (f"test_acc {test_acc:.4f}  " if test_acc is not None else "")
-                         + f"({self.history[-1]['time_s']:.0f} s)")
-                if on_eval and self.dist.main:
+        points = [p for p in self.eval_points if p > self.done_steps]
+        if not points and self.dist.main:  # killed between its last checkpoint and record: it had finished
+            write_json(run_dir / "record.json", self.record(run_dir, "done"))
+        for point in points:
+            with self.ends_record(run_dir):
+                doc, epoch = self.advance(run_dir, point)
+            if on_eval and self.dist.main:
+                # the caller's exceptions (a pruned or lost study trial) stop a run that is saved and can go on: its
+                # record stays as saved (the retry of a lost trial may be writing it by now); a Ctrl-C still ends it
+                with self.ends_record(run_dir, (KeyboardInterrupt, SystemExit)):
                     on_eval(point if self.cfg.steps else epoch, doc)
-        except RunFailed as e:
+        return self.record(run_dir, "done")
+
+    def advance(self, run_dir: Path, point: int) -> tuple[dict, float]:
+        """Trains to `point`, evaluates, saves the checkpoint and the record; returns the record and the epoch."""
+        t0 = time.perf_counter()
+        previous = self.where(self.done_steps)
+        train_loss = self.train_until(point)
+        val_acc, val_loss, _ = self.evaluate(self.val_batches) if self.val_batches else (None, None, None)
+        looks_at_test = self.cfg.test_each_eval or not self.val_batches or point == self.total_steps
+        test_acc, test_loss, rate = self.evaluate(self.test_batches) if looks_at_test else (None, None, None)
+        self.infer_img_s = rate or self.infer_img_s
+        if self.device.type == "cuda":  # the allocator's peak on the busiest GPU
+            peak = distributed.maximum(torch.cuda.max_memory_allocated(self.device) / 2**20, self.device)
+            self.peak_mem_mb = round(peak, 1)
+        epoch = point // self.steps_per_epoch if self.cfg.steps is None else round(point / self.epoch_steps, 3)
+        self.history.append({"epoch": epoch, "step": point, "train_loss": round(train_loss, 5),
+                             "val_acc": val_acc, "val_loss": val_loss and round(val_loss, 5),
+                             "test_acc": test_acc, "test_loss": test_loss and round(test_loss, 5),
+                             "lr": self.optimizer.param_groups[0]["lr"],
+                             "time_s": round(time.perf_counter() - t0, 2)})
+        doc = self.record(run_dir, "running" if point < self.total_steps else "done")
+        state, error = self.state(), None
+        if self.dist.main:
+            try:  # atomic: a kill or a full disk mid-write leaves the previous checkpoint and record intact
+                save_torch(run_dir / "checkpoint.pt", state)
+                self.saved = len(self.history)
+                write_json(run_dir / "record.json", doc)
+            except OSError as e:
+                error = (f"cannot save {self.where(point)} in {run_dir}: {e.strerror or e}; the files of "
+                         f"{previous} are intact, free space and rerun with --resume")
+        error = distributed.broadcast(error)  # all ranks stop when rank 0 could not save
+        if error:
+            raise RunFailed(error)
+        self.log(f"{self.where(point)}/{self.cfg.budget[1]}  train_loss {train_loss:.4f}  "
+                 + (f"val_acc {val_acc:.4f}  " if val_acc is not None else "")
+                 + (f"test_acc {test_acc:.4f}  " if test_acc is not None else "")
+                 + f"({self.history[-1]['time_s']:.0f} s)")
+        return doc, epoch
+
+    @contextlib.contextmanager
+    def ends_record(self, run_dir: Path, stops=BaseException):
+        """A run stopped by one of `stops` says so in its record (not "running"), with the history of its last
+        checkpoint, which --resume continues: "interrupted" by Ctrl-C or a signal, else "failed", and why."""
+        try:
+            yield
+        except stops as e:
             if self.dist.main:
+                self.history = self.history[:self.saved]
+                status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
                 try:
-                    write_json(run_dir / "record.json", self.record(run_dir, "failed", str(e)))
+                    write_json(run_dir / "record.json", self.record(run_dir, status, stop_reason(e)))
                 except OSError:
                     pass  # the disk is what failed; the error message already says where things stand
             raise
-        return self.record(run_dir, "done")
+
+
+def stop_reason(e: BaseException) -> str:
+    """What a run record's `error` says about the exception that stopped the run."""
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(e, SystemExit):
+        return f"stopped by a signal (exit {e.code})"
+    return str(e) if isinstance(e, (ConfigError, RunFailed)) else f"{type(e).__name__}: {e}"
+
+
+def unusable_checkpoint(path: Path, why: str) -> UsageError:
+    """The one message for a checkpoint that cannot be continued: the file, what is wrong, and what to do."""
+    return UsageError(f"--resume: cannot continue from {path}: {why}; nothing was changed: move {path.parent} "
+                      f"away to start this run anew")
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's first problem on one line: load_state_dict lists them one a line under a header."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        lines = lines[1:]
+    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    return f"{type(e).__name__}: {lines[0].rstrip('.')[:200] if lines else ''}{more}"
+
+
+def type_map(state: dict) -> dict:
+    return {key: type(value) for key, value in state.items()}
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """load_state_dict checks the parameter counts only: a moment of another shape would fail mid-run."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
+                    raise ValueError(f"optimizer state {name!r} of shape {tuple(value.shape)} for a parameter of "
+                                     f"shape {tuple(param.shape)}")
 
 
 def build(model_cfg: blocks.MetaFormerConfig) -> blocks.MetaFormer:
