@@ -1,4 +1,5 @@
 import json
+import re
 import os
 import subprocess
 import sys
@@ -71,3 +72,17 @@ def wait_for_first_epoch(out: Path, timeout: float = 300) -> Path:
             return records[0]
         time.sleep(0.05)
     pytest.fail(f"no run under {out} finished an epoch within {timeout} s")
+
+
+def assert_refused(argv: list[str], message: str, capsys) -> str:
+    """Runs `python -m ablate *argv` in this process: exit 2, `message` (a regex) on stderr, no traceback."""
+    from ablate.commands import main
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+    return err

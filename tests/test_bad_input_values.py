@@ -6,7 +6,6 @@ import hashlib
 import math
 import os
 import pickle
-import re
 import struct
 import zlib
 from pathlib import Path
@@ -23,6 +22,7 @@ from ablate.engines.data import idx
 from ablate.foundations.config import MAX_SEED
 from blocks.checks import conforms, mixer_options
 from blocks.spatial.base import SpatialMixer
+from conftest import assert_refused
 from torchvision import datasets as tv
 
 SYN = ["--dataset", "synthetic", "--epochs", "1"]
@@ -108,19 +108,6 @@ CASES = {
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def assert_refused(argv: list[str], message: str, capsys) -> str:
-    """Runs `python -m ablate *argv` in this process: exit 2, `message` on stderr, no traceback."""
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse
-        code = e.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert re.search(message, err), err
-    assert "Traceback" not in err
-    return err
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Warm timings: a row's throughput does not depend on which row the process measured first, and the matmul peak
 is warm, so an MFU above 100% can only be a bug, which fails loudly."""
-import json
 import math
 import random
 
