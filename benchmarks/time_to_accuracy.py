@@ -22,6 +22,7 @@ import optuna
 from ablate.commands import main as ablate
 from ablate.engines.report.analysis import is_two_value_grid, range_edges
 from ablate.foundations.io import atomic_write
+from ablate.foundations.timing import mfu
 
 HERE = Path(__file__).parent
 THRESHOLDS = (0.90, 0.92, 0.93)
@@ -62,12 +63,13 @@ def table(records_by_mixer: dict[str, list[dict]]) -> str:
         final = [r["test_acc"] for r in records]
         rate = statistics.fmean(r["train_img_s"] for r in records)
         peak = statistics.fmean(r["matmul_flops"] for r in records)
-        mfu = statistics.fmean(6 * r["macs"] * r["train_img_s"] / r["matmul_flops"] for r in records)
+        utilisation = statistics.fmean(mfu(r["macs"], r["train_img_s"], r["matmul_flops"]) for r in records)
         cold = sum(not r.get("matmul_flops_warm") for r in records)
         spread = f"± {statistics.stdev(final):.4f}" if len(final) > 1 else "(one seed: no sd)"
         lrs = ", ".join(f"{lr:g}" for lr in sorted({r["config"]["lr"] for r in records}))
         lines.append(f"| {spatial} | {lrs} | {len(records)} | " + " | ".join(mean_reach(records, t) for t in THRESHOLDS)
-                     + f" | {statistics.fmean(final):.4f} {spread} | {rate:,.0f} | {mfu:.1%}{COLD * bool(cold)} | "
+                     + f" | {statistics.fmean(final):.4f} {spread} | {rate:,.0f} | "
+                     f"{utilisation:.1%}{COLD * bool(cold)} | "
                      f"{peak / 1e9:.0f} GFLOP/s{COLD * bool(cold)} |")
     cold = any(not r.get("matmul_flops_warm") for records in records_by_mixer.values() for r in records)
     return "\n".join(lines) + (COLD_NOTE if cold else "")

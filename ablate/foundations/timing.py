@@ -2,8 +2,8 @@
 
 A step is timed only once it is warm: the first calls of a process (and of a new model) are 2-4x slow while thread
 pools start, memory is first touched and caches fill, so a fixed count of untimed calls leaves whichever row runs
-first slow. `warm_times` calls the step until the median of its last few calls agrees with the few before, then
-times it; the result carries its spread. `matmul_flops` measures the peak the same way, with the threads and
+first slow. `warm_times` calls the step until the medians of its last three windows of calls agree, then times
+it; the result carries its spread. `matmul_flops` measures the peak the same way, with the threads and
 precision of the step it divides, so an MFU means something; `mfu` refuses one above 100%.
 """
 import functools
